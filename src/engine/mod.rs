@@ -1,0 +1,145 @@
+//! The controller's loops. Each exposes a one-pass function so tests never sleep:
+//! [`Engine::pull_once`], [`Engine::policy_pass`], [`Engine::sync_pass`], and
+//! [`Engine::run_once`] (all of them until nothing more is runnable now); [`Engine::run`]
+//! repeats them until shutdown.
+
+mod backoff;
+mod event;
+mod policy;
+mod pull;
+mod run;
+mod runner;
+mod sync;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub use backoff::Backoff;
+pub use event::EventReport;
+pub use policy::PolicyReport;
+pub use pull::PullSummary;
+pub use sync::SyncReport;
+
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::graph::DepGraph;
+use crate::step::{Models, Registry};
+use crate::store::Store;
+
+/// The reconciliation controller: the store, the steps, the graph, and the loops over them.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) store: Store,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) graph: Arc<DepGraph>,
+    pub(crate) settings: Arc<Settings>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) models: Models,
+    pub(crate) backoff: Backoff,
+    holder: String,
+    shutdown: CancellationToken,
+    wake: Arc<Notify>,
+}
+
+/// What [`Engine::run_once`] did, for the CLI's summary line and tests.
+#[derive(Debug, Clone, Default)]
+pub struct OnceReport {
+    pub pull: PullSummary,
+    pub policy: PolicyReport,
+    pub sync: SyncReport,
+    /// Policy+sync passes run until nothing more was runnable.
+    pub passes: usize,
+}
+
+impl Engine {
+    /// Builds an engine; the store learns the link fields of `graph`.
+    pub fn new(
+        store: Store,
+        registry: Registry,
+        graph: DepGraph,
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let store = store.with_links(graph.link_fields());
+        let holder = settings
+            .sync
+            .holder_id
+            .clone()
+            .unwrap_or_else(default_holder);
+        let models = Models::new(store.clone(), clock.clone());
+        Self {
+            backoff: Backoff::new(&settings.sync.backoff),
+            store,
+            registry: Arc::new(registry),
+            graph: Arc::new(graph),
+            settings: Arc::new(settings),
+            clock,
+            models,
+            holder,
+            shutdown: CancellationToken::new(),
+            wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// The store, with link fields configured.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Typed model access on this engine's store and clock.
+    pub fn models(&self) -> &Models {
+        &self.models
+    }
+
+    /// The identity written into leases and executions.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// Cancel this token to stop the engine gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Makes a sleeping [`Engine::run`] look for work now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// One poll of every pull step, then policy and sync passes until nothing more is
+    /// runnable now (nothing dirty, or all of it waiting on backoff or dependencies).
+    pub async fn run_once(&self) -> anyhow::Result<OnceReport> {
+        let mut report = OnceReport {
+            pull: self.pull_once().await,
+            ..Default::default()
+        };
+        loop {
+            if self.shutdown.is_cancelled() {
+                break;
+            }
+            let policy = self.policy_pass().await?;
+            let sync = self.sync_pass().await?;
+            report.passes += 1;
+            let progress = policy.handled > 0 || sync.attempted() > 0;
+            report.policy += policy;
+            report.sync += sync;
+            if !progress {
+                break;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// `host:pid`, unique per process on a host.
+fn default_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
+}

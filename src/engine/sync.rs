@@ -1,0 +1,147 @@
+//! The sync pass: claim due dirty objects a page at a time (kinds in dependency order), run
+//! their steps concurrently where dependencies allow, and settle outcomes in batches.
+
+use std::collections::HashMap;
+use std::ops::AddAssign;
+
+use anyhow::Context as _;
+
+use super::runner::{Job, Node, Round};
+use super::Engine;
+use crate::store::{DependencyState, ObjectRow};
+
+/// What one sync pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub synced: usize,
+    pub deferred: usize,
+    pub failed: usize,
+    pub permanent: usize,
+    pub waiting: usize,
+    pub reaped: usize,
+    /// Claimed but given back unrun (shutdown).
+    pub released: usize,
+}
+
+impl SyncReport {
+    /// Steps that ran (or objects reaped): the measure of progress.
+    pub fn attempted(&self) -> usize {
+        self.synced + self.deferred + self.failed + self.permanent + self.reaped
+    }
+}
+
+impl AddAssign for SyncReport {
+    fn add_assign(&mut self, o: Self) {
+        self.synced += o.synced;
+        self.deferred += o.deferred;
+        self.failed += o.failed;
+        self.permanent += o.permanent;
+        self.waiting += o.waiting;
+        self.reaped += o.reaped;
+        self.released += o.released;
+    }
+}
+
+impl Engine {
+    /// Runs every object that is dirty and due as of the start of the pass, in rounds of at
+    /// most `sync.page_size` objects. Objects rescheduled during the pass wait for the next.
+    pub async fn sync_pass(&self) -> anyhow::Result<SyncReport> {
+        let due_by = self.clock.now_ms();
+        let mut report = SyncReport::default();
+        while !self.shutdown.is_cancelled() {
+            let rows = self
+                .claim_round(due_by)
+                .await
+                .context("claiming due objects")?;
+            if rows.is_empty() {
+                break;
+            }
+            report += self.run_round(rows).await?;
+        }
+        Ok(report)
+    }
+
+    /// Claims up to a page of due objects, kinds in sync order so parents come with children.
+    async fn claim_round(&self, due_by: i64) -> anyhow::Result<Vec<ObjectRow>> {
+        let now = self.clock.now_ms();
+        let lease_until = now + (self.settings.sync.lease_seconds as i64) * 1000;
+        let page = self.settings.sync.page_size;
+        let mut rows = Vec::new();
+        for kind in self.graph.sync_order() {
+            let left = page - rows.len();
+            if left == 0 {
+                break;
+            }
+            rows.extend(
+                self.store
+                    .claim_due(kind, due_by, now, left, self.holder(), lease_until)
+                    .await?,
+            );
+        }
+        Ok(rows)
+    }
+
+    /// Builds the round's dependency DAG and runs it.
+    async fn run_round(&self, rows: Vec<ObjectRow>) -> anyhow::Result<SyncReport> {
+        let index: HashMap<i64, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        let syncing: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.deleted_at.is_none())
+            .map(|r| r.id)
+            .collect();
+        let deleting: Vec<i64> = rows
+            .iter()
+            .filter(|r| r.deleted_at.is_some())
+            .map(|r| r.id)
+            .collect();
+        let deps = self
+            .store
+            .dependencies(&syncing, &deleting)
+            .await
+            .context("reading dependencies")?;
+        let mut nodes: Vec<Node> = rows.into_iter().map(Node::new).collect();
+        let mut blocked: Vec<(usize, String)> = Vec::new();
+        for dep in deps {
+            let i = index[&dep.of];
+            let i_deleting = nodes[i].job != Job::Sync;
+            if let Some(&j) = dep.id.as_ref().and_then(|id| index.get(id)) {
+                let j_deleting = nodes[j].job != Job::Sync;
+                // Same direction of travel inside the round: order in memory, no waiting.
+                if i_deleting == j_deleting {
+                    nodes[j].dependents.push(i);
+                    nodes[i].blockers += 1;
+                    continue;
+                }
+            }
+            let message = if i_deleting {
+                format!(
+                    "waiting on dependents: {} {} must be deleted first",
+                    dep.kind, dep.key
+                )
+            } else {
+                match &dep.state {
+                    DependencyState::Ready => continue,
+                    DependencyState::Missing => {
+                        format!("waiting on {} {}: it does not exist yet", dep.kind, dep.key)
+                    }
+                    DependencyState::Deleting => {
+                        format!("waiting on {} {}: it is being deleted", dep.kind, dep.key)
+                    }
+                    DependencyState::Failed(e) => {
+                        format!("waiting on {} {}: {e}", dep.kind, dep.key)
+                    }
+                    DependencyState::Pending(s) if s.is_empty() => {
+                        format!("waiting on {} {}: not in sync yet", dep.kind, dep.key)
+                    }
+                    DependencyState::Pending(s) => {
+                        format!("waiting on {} {}: not in sync yet ({s})", dep.kind, dep.key)
+                    }
+                }
+            };
+            if !blocked.iter().any(|(b, _)| *b == i) {
+                blocked.push((i, message));
+            }
+        }
+        Round::new(self, nodes).run(blocked).await
+    }
+}

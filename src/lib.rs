@@ -1,0 +1,26 @@
+//! thalamus: a work-based reconciliation controller for the NRAO archive.
+//!
+//! Module map:
+//! - [`config`]: settings (defaults, `config.yaml`, overlay, `THALAMUS__…` env vars).
+//! - [`clock`]: time as epoch milliseconds, from a clock tests can drive.
+//! - [`store`]: the model store (objects, links, executions) on SQLite or PostgreSQL.
+//! - [`graph`]: the petgraph DAG from `model-deps.json`: sync order and link fields.
+//! - [`step`]: the traits steps implement (`SyncStep`, `PullStep`, `ModelPolicy`, `EventStep`).
+//! - [`engine`]: the pull, policy and sync loops and event application.
+//! - [`app`]: bootstrap shared by commands (settings → registry → graph → store → engine).
+//! - [`cli`]: the `thalamus` command line and its tables.
+//! - [`telemetry`]: tracing setup.
+//! - [`steps`]: the domain steps in `steps/`, registered explicitly.
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod graph;
+pub mod step;
+pub mod store;
+pub mod telemetry;
+
+#[path = "../steps/mod.rs"]
+pub mod steps;

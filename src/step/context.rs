@@ -1,0 +1,137 @@
+//! What steps may touch: typed access to models, over the store and the engine's clock.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::model::{Model, Obj};
+use crate::clock::Clock;
+use crate::store::{Change, ObjectRow, SpecChange, Store};
+
+/// Typed read/write access to models, for pull steps, policies and event steps.
+#[derive(Clone)]
+pub struct Models {
+    store: Store,
+    clock: Arc<dyn Clock>,
+}
+
+impl Models {
+    /// Access over `store`, timestamped by `clock`.
+    pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// Now, in epoch milliseconds, from the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// One object of kind `M`, deleted or not.
+    pub async fn get<M: Model>(&self, key: &str) -> anyhow::Result<Option<Obj<M>>> {
+        match self.store.get(M::KIND, key).await? {
+            Some(row) => Ok(Some(typed(&row)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Upserts one desired state; unchanged specs change nothing.
+    pub async fn upsert<M: Model>(&self, key: &str, spec: &M) -> anyhow::Result<Change> {
+        let value = serde_json::to_value(spec).context("serialising spec")?;
+        Ok(self
+            .store
+            .upsert(M::KIND, key, &value, self.now_ms())
+            .await?)
+    }
+
+    /// Upserts many desired states of one kind in one transaction.
+    pub async fn upsert_many<M: Model>(
+        &self,
+        items: &[(String, M)],
+    ) -> anyhow::Result<Vec<SpecChange>> {
+        let values = items
+            .iter()
+            .map(|(k, m)| Ok((k.clone(), serde_json::to_value(m)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .context("serialising specs")?;
+        Ok(self
+            .store
+            .upsert_many(M::KIND, &values, self.now_ms())
+            .await?)
+    }
+
+    /// Soft-deletes an object and its dependents; returns how many were marked.
+    pub async fn delete<M: Model>(&self, key: &str) -> anyhow::Result<usize> {
+        Ok(self.store.delete(M::KIND, key, self.now_ms()).await?)
+    }
+
+    /// Replaces an object's observed status; returns whether it changed.
+    pub async fn set_status<M: Model>(
+        &self,
+        key: &str,
+        status: &M::Status,
+    ) -> anyhow::Result<bool> {
+        let value = serde_json::to_value(status).context("serialising status")?;
+        Ok(self
+            .store
+            .set_status(M::KIND, key, &value, self.now_ms())
+            .await?)
+    }
+
+    /// Asks the sync loop to look at an object now (never shortening a failure's backoff).
+    pub async fn resync<M: Model>(&self, key: &str) -> anyhow::Result<bool> {
+        Ok(self.store.resync(M::KIND, key, self.now_ms()).await?)
+    }
+}
+
+/// What a sync step may use besides its own object: read access to other models.
+#[derive(Clone)]
+pub struct StepContext {
+    models: Models,
+    /// Why this attempt runs (new generation, retry after backoff, …), for logs.
+    pub cause: String,
+}
+
+impl StepContext {
+    pub(crate) fn new(models: Models, cause: String) -> Self {
+        Self { models, cause }
+    }
+
+    /// Now, in epoch milliseconds, from the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.models.now_ms()
+    }
+
+    /// Reads another object, e.g. a calibration's ingestion.
+    pub async fn get<M: Model>(&self, key: &str) -> anyhow::Result<Option<Obj<M>>> {
+        self.models.get::<M>(key).await
+    }
+}
+
+/// Decodes a stored row into a typed object, naming the kind and key on failure.
+pub(crate) fn typed<M: Model>(row: &ObjectRow) -> anyhow::Result<Obj<M>> {
+    let spec = serde_json::from_str(&row.spec).with_context(|| {
+        format!(
+            "the spec of {} {} is not a valid {}",
+            row.kind,
+            row.key,
+            M::KIND
+        )
+    })?;
+    let status = serde_json::from_str(&row.status).with_context(|| {
+        format!(
+            "the status of {} {} is not a valid {} status",
+            row.kind,
+            row.key,
+            M::KIND
+        )
+    })?;
+    Ok(Obj {
+        key: row.key.clone(),
+        spec,
+        status,
+        generation: row.generation,
+        enacted: row.enacted,
+        attempts: row.attempts,
+        deleted: row.deleted_at.is_some(),
+    })
+}

@@ -1,0 +1,32 @@
+//! The step contract: the traits developers implement in `steps/` and the [`prelude`] they
+//! import. Sync steps converge the world to a model's spec; pull steps upsert desired state
+//! from sources; policies derive models from models; event steps absorb feedback.
+
+mod context;
+mod model;
+mod registry;
+mod traits;
+
+pub use context::{Models, StepContext};
+pub use model::{Model, Obj};
+pub use registry::{Registry, StepModule};
+pub use traits::{
+    Event, EventError, EventOutcome, EventStep, ModelPolicy, Progress, PullReport, PullStep,
+    StepError, StepResult, SyncStep, Transport,
+};
+
+pub(crate) use registry::{Op, PolicyEvent};
+
+/// Everything a step module needs: `use crate::step::prelude::*;`.
+pub mod prelude {
+    pub use super::{
+        Event, EventError, EventOutcome, EventStep, Model, ModelPolicy, Models, Obj, Progress,
+        PullReport, PullStep, Registry, StepContext, StepError, StepResult, SyncStep, Transport,
+    };
+    pub use crate::config::Settings;
+    pub use crate::store::Change;
+    pub use anyhow::{anyhow, bail, Context as _};
+    pub use async_trait::async_trait;
+    pub use serde::{Deserialize, Serialize};
+    pub use std::time::Duration;
+}

@@ -1,0 +1,171 @@
+//! The registry of steps: what `steps/` registers, and the type-erased wrappers the engine runs.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::context::{typed, Models, StepContext};
+use super::model::Model;
+use super::traits::{EventStep, ModelPolicy, PullStep, StepError, StepResult, SyncStep};
+use crate::store::ObjectRow;
+
+/// A module in `steps/`: its file name and the function that registers its steps.
+pub type StepModule = (
+    &'static str,
+    fn(&mut Registry, &crate::config::Settings) -> anyhow::Result<()>,
+);
+
+/// Every step the engine runs, collected by `steps::register`.
+#[derive(Default, Clone)]
+pub struct Registry {
+    pub(crate) sync: BTreeMap<String, Arc<dyn DynSync>>,
+    pub(crate) pulls: Vec<Arc<dyn PullStep>>,
+    pub(crate) policies: BTreeMap<String, Vec<Arc<dyn DynPolicy>>>,
+    pub(crate) events: Vec<Arc<dyn EventStep>>,
+}
+
+impl Registry {
+    /// An empty registry (tests register their own steps).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the sync step of its model's kind. One per kind: a second one is an error.
+    pub fn sync<S: SyncStep>(&mut self, step: S) -> anyhow::Result<&mut Self> {
+        let kind = <S::Model as Model>::KIND;
+        if self.sync.contains_key(kind) {
+            anyhow::bail!("two sync steps registered for kind {kind}");
+        }
+        self.sync
+            .insert(kind.to_string(), Arc::new(TypedSync(step)));
+        Ok(self)
+    }
+
+    /// Registers a pull step.
+    pub fn pull<P: PullStep>(&mut self, step: P) -> &mut Self {
+        self.pulls.push(Arc::new(step));
+        self
+    }
+
+    /// Registers a policy for its model's kind (several may share a kind).
+    pub fn policy<P: ModelPolicy>(&mut self, policy: P) -> &mut Self {
+        let kind = <P::Model as Model>::KIND.to_string();
+        self.policies
+            .entry(kind)
+            .or_default()
+            .push(Arc::new(TypedPolicy(policy)));
+        self
+    }
+
+    /// Registers an event step.
+    pub fn event<E: EventStep>(&mut self, step: E) -> &mut Self {
+        self.events.push(Arc::new(step));
+        self
+    }
+
+    /// Kinds that have a sync step.
+    pub fn sync_kinds(&self) -> Vec<&str> {
+        self.sync.keys().map(String::as_str).collect()
+    }
+
+    /// Names of the registered pull steps.
+    pub fn pull_names(&self) -> Vec<String> {
+        self.pulls.iter().map(|p| p.name().to_string()).collect()
+    }
+
+    /// Names of the registered policies, as `Kind:name`.
+    pub fn policy_names(&self) -> Vec<String> {
+        self.policies
+            .iter()
+            .flat_map(|(k, ps)| ps.iter().map(move |p| format!("{k}:{}", p.name())))
+            .collect()
+    }
+
+    /// Names of the registered event steps.
+    pub fn event_names(&self) -> Vec<String> {
+        self.events.iter().map(|e| e.name().to_string()).collect()
+    }
+}
+
+/// Which half of a sync step runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Sync,
+    Delete,
+}
+
+/// A stored object handed to a type-erased step.
+pub(crate) type RawObject = ObjectRow;
+
+/// A sync step with its model type erased, so the engine can hold every kind in one map.
+#[async_trait]
+pub(crate) trait DynSync: Send + Sync {
+    /// Runs `sync` or `delete`; returns the outcome and the status JSON the step left.
+    async fn run(&self, op: Op, row: &RawObject, ctx: &StepContext)
+        -> (StepResult, Option<String>);
+}
+
+struct TypedSync<S>(S);
+
+#[async_trait]
+impl<S: SyncStep> DynSync for TypedSync<S> {
+    async fn run(
+        &self,
+        op: Op,
+        row: &RawObject,
+        ctx: &StepContext,
+    ) -> (StepResult, Option<String>) {
+        let mut obj = match typed::<S::Model>(row) {
+            Ok(obj) => obj,
+            Err(e) => return (Err(StepError::Permanent(format!("{e:#}"))), None),
+        };
+        let result = match op {
+            Op::Sync => self.0.sync(&mut obj, ctx).await,
+            Op::Delete => self.0.delete(&mut obj, ctx).await,
+        };
+        let status = serde_json::to_value(&obj.status)
+            .ok()
+            .map(|v| crate::store::canonical(&v));
+        (result, status)
+    }
+}
+
+/// Which policy hook runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PolicyEvent {
+    Create,
+    Update,
+    Delete,
+}
+
+/// A policy with its model type erased.
+#[async_trait]
+pub(crate) trait DynPolicy: Send + Sync {
+    fn name(&self) -> &str;
+    async fn run(&self, event: PolicyEvent, row: &RawObject, models: &Models)
+        -> anyhow::Result<()>;
+}
+
+struct TypedPolicy<P>(P);
+
+#[async_trait]
+impl<P: ModelPolicy> DynPolicy for TypedPolicy<P> {
+    fn name(&self) -> &str {
+        self.0.name()
+    }
+
+    async fn run(
+        &self,
+        event: PolicyEvent,
+        row: &RawObject,
+        models: &Models,
+    ) -> anyhow::Result<()> {
+        let obj = typed::<P::Model>(row)?;
+        match event {
+            PolicyEvent::Create => self.0.handle_create(&obj, models).await,
+            PolicyEvent::Update => self.0.handle_update(&obj, models).await,
+            PolicyEvent::Delete => self.0.handle_delete(&obj, models).await,
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The four step traits and the outcomes they return.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::context::{Models, StepContext};
+use super::model::{Model, Obj};
+
+/// How a sync or delete attempt ended when it did not fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// The world now matches this generation of the spec.
+    Done,
+    /// Work is under way elsewhere (e.g. a Workspaces request is executing): look again after
+    /// `after`; this is not a failure and does not grow the backoff.
+    Deferred { after: Duration, reason: String },
+}
+
+impl Progress {
+    /// Shorthand for [`Progress::Deferred`].
+    pub fn deferred(after: Duration, reason: impl Into<String>) -> Self {
+        Progress::Deferred {
+            after,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// How a sync or delete attempt failed.
+#[derive(Debug)]
+pub enum StepError {
+    /// Might work later (network, 5xx, timeout): retried with exponential backoff.
+    Transient(anyhow::Error),
+    /// Will not work until the spec changes or an operator retries (4xx, bad input).
+    Permanent(String),
+}
+
+impl StepError {
+    /// A failure retrying cannot fix.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        StepError::Permanent(reason.into())
+    }
+}
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StepError::Transient(e) => write!(f, "{e:#}"),
+            StepError::Permanent(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Errors given `.context(…)` become transient failures, retried with backoff.
+impl From<anyhow::Error> for StepError {
+    fn from(e: anyhow::Error) -> Self {
+        StepError::Transient(e)
+    }
+}
+
+/// What a sync or delete attempt returns.
+pub type StepResult = Result<Progress, StepError>;
+
+/// Converges the world to one kind's spec. Must be idempotent: running twice is a waste,
+/// never a fault. Changes to `obj.status` are stored with the outcome.
+#[async_trait]
+pub trait SyncStep: Send + Sync + 'static {
+    type Model: Model;
+
+    /// Makes the world match `obj.spec` at `obj.generation`.
+    async fn sync(&self, obj: &mut Obj<Self::Model>, ctx: &StepContext) -> StepResult;
+
+    /// Undoes what `sync` did; runs after every dependent is gone. Default: nothing to undo.
+    async fn delete(&self, obj: &mut Obj<Self::Model>, ctx: &StepContext) -> StepResult {
+        let _ = (obj, ctx);
+        Ok(Progress::Done)
+    }
+}
+
+/// What one poll of a source found, for logs and the executions trail.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Objects reported by the source this poll.
+    pub seen: usize,
+    pub created: usize,
+    pub updated: usize,
+}
+
+/// Polls a source and upserts desired state. Stateless: report the whole listing every time;
+/// unchanged specs change nothing.
+#[async_trait]
+pub trait PullStep: Send + Sync + 'static {
+    /// A stable name for logs and the executions trail.
+    fn name(&self) -> &str;
+
+    /// How often to poll.
+    fn interval(&self) -> Duration;
+
+    /// Lists the source and upserts what it finds through `models`.
+    async fn pull(&self, models: &Models) -> anyhow::Result<PullReport>;
+
+    /// A hint source (e.g. inotify) that makes the next poll come sooner; `None` if the source
+    /// has none. Waiting on it must be cancel-safe.
+    async fn changed(&self) {
+        std::future::pending::<()>().await
+    }
+}
+
+/// Derives models from models (an observation needs an ingestion, …). Runs when an object's
+/// revision is newer than the revision policies last saw; must be idempotent.
+#[async_trait]
+pub trait ModelPolicy: Send + Sync + 'static {
+    type Model: Model;
+
+    /// A stable name for logs and the executions trail.
+    fn name(&self) -> &str;
+
+    /// The object was seen for the first time. Default: same as an update.
+    async fn handle_create(&self, obj: &Obj<Self::Model>, models: &Models) -> anyhow::Result<()> {
+        self.handle_update(obj, models).await
+    }
+
+    /// The object's spec or status changed.
+    async fn handle_update(&self, obj: &Obj<Self::Model>, models: &Models) -> anyhow::Result<()> {
+        let _ = (obj, models);
+        Ok(())
+    }
+
+    /// The object was soft-deleted (its dependents are deleted with it by the store).
+    async fn handle_delete(&self, obj: &Obj<Self::Model>, models: &Models) -> anyhow::Result<()> {
+        let _ = (obj, models);
+        Ok(())
+    }
+}
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Kafka,
+    Amqp,
+    /// Fed in directly (tests, replays of dead letters).
+    Direct,
+}
+
+/// One message from a broker.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub transport: Transport,
+    /// Kafka topic or AMQP exchange.
+    pub topic: String,
+    /// AMQP routing key or Kafka message key, if any.
+    pub routing_key: Option<String>,
+    pub payload: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    /// Offset, partition or delivery tag, for dead letters and logs.
+    pub position: String,
+}
+
+/// What an event step did with a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutcome {
+    /// The message changed a model; the sentence says how.
+    Applied(String),
+    /// Already known (a duplicate or stale message); nothing changed.
+    Unchanged(String),
+}
+
+/// Why an event step could not apply a message.
+#[derive(Debug)]
+pub enum EventError {
+    /// Malformed or matches nothing: store it as a dead letter and move on.
+    Reject(String),
+    /// The store or a dependency failed: do not acknowledge; the message comes again.
+    Transient(anyhow::Error),
+}
+
+impl From<anyhow::Error> for EventError {
+    fn from(e: anyhow::Error) -> Self {
+        EventError::Transient(e)
+    }
+}
+
+/// Absorbs feedback messages into models' observed status.
+#[async_trait]
+pub trait EventStep: Send + Sync + 'static {
+    /// A stable name for logs, dead letters and the executions trail.
+    fn name(&self) -> &str;
+
+    /// The Kafka topics and AMQP exchanges this step consumes.
+    fn topics(&self) -> Vec<String>;
+
+    /// Applies one message; called at least once per message, so it must be idempotent.
+    async fn handle(&self, event: &Event, models: &Models) -> Result<EventOutcome, EventError>;
+}

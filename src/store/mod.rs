@@ -1,0 +1,190 @@
+//! The model store: generic objects (kind, key, spec, status and XOS bookkeeping), their links,
+//! and the executions audit trail, over SQLite (embedded default) or PostgreSQL (production).
+//!
+//! One SQL text serves both backends (`$N` placeholders work in both); [`with_pool!`] expands a
+//! body once per backend so each runs on its native driver. Times are epoch milliseconds.
+
+mod executions;
+mod objects;
+mod policy;
+mod query;
+mod work;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+
+pub use executions::{Execution, NewExecution};
+pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
+pub use query::{ListFilter, ObjectSummary, State, StateCount};
+pub use work::{Claimed, Dependency, DependencyState, OutcomeRecord, Settled};
+
+/// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("no thalamus database at {0}: run `thalamus migrate` (or `thalamus run`) first")]
+    NotInitialised(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Result alias for store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The backend behind a [`Store`].
+#[derive(Debug, Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to the native pool of whichever backend the store uses.
+macro_rules! with_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::store::Db::Sqlite($pool) => $body,
+            $crate::store::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use with_pool;
+
+/// Which link fields each kind declares (from `model-deps.json`): kind → [(field, target kind)].
+pub type LinkFields = HashMap<String, Vec<(String, String)>>;
+
+/// Handle to the model store; cheap to clone, shared by every loop.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pub(crate) db: Db,
+    pub(crate) links: Arc<LinkFields>,
+    url: String,
+}
+
+/// Opening mode: whether a missing SQLite file may be created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Open {
+    /// Create the database file if it does not exist (run, migrate).
+    Create,
+    /// Fail with [`StoreError::NotInitialised`] if it does not exist (read commands).
+    Existing,
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://FILE`, `sqlite::memory:` or `postgres://…`).
+    pub async fn connect(url: &str, max_connections: u32, open: Open) -> Result<Self> {
+        let db = if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(open == Open::Create)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(10))
+                .foreign_keys(true);
+            let path = opts.get_filename().to_path_buf();
+            if open == Open::Existing && !is_memory(url) && !path.exists() {
+                return Err(StoreError::NotInitialised(path.display().to_string()));
+            }
+            // SQLite has one writer; a single connection queues work instead of failing with
+            // "database is locked", and keeps an in-memory database one database.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(opts)
+                .await?;
+            Db::Sqlite(pool)
+        } else {
+            let opts = PgConnectOptions::from_str(url)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(max_connections)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect_with(opts)
+                .await?;
+            Db::Postgres(pool)
+        };
+        Ok(Self {
+            db,
+            links: Arc::new(LinkFields::new()),
+            url: url.to_string(),
+        })
+    }
+
+    /// Tells the store which spec fields are links, so upserts index them for dependency checks.
+    pub fn with_links(mut self, links: LinkFields) -> Self {
+        self.links = Arc::new(links);
+        self
+    }
+
+    /// Creates or updates the schema; safe to run concurrently from several replicas.
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.db {
+            Db::Sqlite(pool) => sqlx::migrate!("migrations/sqlite").run(pool).await?,
+            Db::Postgres(pool) => sqlx::migrate!("migrations/postgres").run(pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Fails with a helpful message when the schema has not been created yet.
+    pub async fn ensure_migrated(&self) -> Result<()> {
+        let sql = "SELECT COUNT(*) FROM objects WHERE 1 = 0";
+        let probe = with_pool!(&self.db, pool => sqlx::query(sql).execute(pool).await.map(|_| ()));
+        probe.map_err(|_| StoreError::NotInitialised(crate::config::redact_url(&self.url)))
+    }
+
+    /// Whether this store is the embedded single-process SQLite backend.
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.db, Db::Sqlite(_))
+    }
+
+    /// The SQLite file behind this store, if it is a file-backed SQLite store.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        if !self.is_sqlite() || is_memory(&self.url) {
+            return None;
+        }
+        SqliteConnectOptions::from_str(&self.url)
+            .ok()
+            .map(|o| o.get_filename().to_path_buf())
+    }
+
+    /// The native pool, for benchmarks and tests that measure raw SQL next to the store.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// Closes every connection, flushing SQLite's write-ahead log.
+    pub async fn close(&self) {
+        with_pool!(&self.db, pool => pool.close().await)
+    }
+}
+
+fn is_memory(url: &str) -> bool {
+    url.contains(":memory:") || url.contains("mode=memory")
+}
+
+/// Opens a write transaction; on SQLite it takes the write lock up front (`BEGIN IMMEDIATE`) so
+/// a concurrent writer in another process waits instead of failing mid-transaction.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Self::Db>>;
+}
+
+impl BeginWrite for SqlitePool {
+    type Db = sqlx::Sqlite;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+impl BeginWrite for PgPool {
+    type Db = sqlx::Postgres;
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.begin().await?)
+    }
+}

@@ -1,0 +1,30 @@
+//! The policy loop's side of the store: objects changed since policies last saw them.
+
+use super::objects::{ObjectRow, OBJECT_COLUMNS};
+use super::{with_pool, BeginWrite, Result, Store};
+
+impl Store {
+    /// Up to `limit` objects whose `revision` is newer than `policed`, in id order after `after`.
+    pub async fn unpoliced(&self, after: i64, limit: usize) -> Result<Vec<ObjectRow>> {
+        let sql = format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE policed < revision AND id > $1 ORDER BY id LIMIT $2");
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        with_pool!(&self.db, pool => Ok(sqlx::query_as(&sql).bind(after).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// Marks objects as policed at the revision the policies saw; a newer revision stays due.
+    pub async fn mark_policed(&self, seen: &[(i64, i64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            for (id, revision) in seen {
+                sqlx::query("UPDATE objects SET policed = $1 WHERE id = $2 AND policed < $1")
+                    .bind(revision).bind(id).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
