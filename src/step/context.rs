@@ -117,14 +117,19 @@ pub(crate) fn typed<M: Model>(row: &ObjectRow) -> anyhow::Result<Obj<M>> {
             M::KIND
         )
     })?;
-    let status = serde_json::from_str(&row.status).with_context(|| {
-        format!(
-            "the status of {} {} is not a valid {} status",
-            row.kind,
-            row.key,
-            M::KIND
-        )
-    })?;
+    // A new object's status is `{}`: "nothing observed yet", which is the default status.
+    let status = if row.status == "{}" {
+        M::Status::default()
+    } else {
+        serde_json::from_str(&row.status).with_context(|| {
+            format!(
+                "the status of {} {} is not a valid {} status",
+                row.kind,
+                row.key,
+                M::KIND
+            )
+        })?
+    };
     Ok(Obj {
         key: row.key.clone(),
         spec,
