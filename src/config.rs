@@ -28,6 +28,7 @@ pub struct Settings {
     pub pull: PullSettings,
     pub executions: ExecutionSettings,
     pub log: LogSettings,
+    pub sources: crate::sources::SourcesSettings,
 }
 
 /// Where models live: `sqlite://FILE` (embedded default) or `postgres://…` (production).
@@ -120,6 +121,7 @@ impl Default for Settings {
             pull: PullSettings::default(),
             executions: ExecutionSettings::default(),
             log: LogSettings::default(),
+            sources: crate::sources::SourcesSettings::default(),
         }
     }
 }
@@ -290,6 +292,9 @@ impl Settings {
         }
         if self.policy.page_size == 0 {
             return bad("policy.page_size", "must be at least 1");
+        }
+        if let Err((key, problem)) = self.sources.validate() {
+            return bad(key, problem);
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 //! - [`clock`]: time as epoch milliseconds, from a clock tests can drive.
 //! - [`store`]: the model store (objects, links, executions) on SQLite or PostgreSQL.
 //! - [`graph`]: the petgraph DAG from `model-deps.json`: sync order and link fields.
+//! - [`sources`]: the NFS-safe dataset scanner, settle window, inotify hint, `sources.*` settings.
 //! - [`step`]: the traits steps implement (`SyncStep`, `PullStep`, `ModelPolicy`, `EventStep`).
 //! - [`engine`]: the pull, policy and sync loops and event application.
 //! - [`app`]: bootstrap shared by commands (settings → registry → graph → store → engine).
@@ -18,6 +19,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod graph;
+pub mod sources;
 pub mod step;
 pub mod store;
 pub mod telemetry;

@@ -75,7 +75,9 @@ impl Observation {
     /// The store key for this observation.
     pub fn key(&self) -> String {
         match self.product {
-            Product::Calibration => format!("{}/calibration/{}", self.instrument.as_str(), self.name),
+            Product::Calibration => {
+                format!("{}/calibration/{}", self.instrument.as_str(), self.name)
+            }
             _ => format!("{}/{}", self.instrument.as_str(), self.name),
         }
     }

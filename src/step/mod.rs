@@ -24,6 +24,7 @@ pub mod prelude {
         PullReport, PullStep, Registry, StepContext, StepError, StepResult, SyncStep, Transport,
     };
     pub use crate::config::Settings;
+    pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, Settler};
     pub use crate::store::Change;
     pub use anyhow::{anyhow, bail, Context as _};
     pub use async_trait::async_trait;

@@ -1,0 +1,10 @@
+//! Building blocks for pull steps that watch data sources: the NFS-safe dataset scanner with
+//! its settle window, the inotify hint, and the `sources.*` settings.
+
+mod scan;
+mod settings;
+mod watch;
+
+pub use scan::{scan_root, DatasetScan, ScannedFile, Settler};
+pub use settings::{AlmaSettings, DirectorySettings, SourcesSettings, VlaSettings};
+pub use watch::Hint;

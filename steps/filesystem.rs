@@ -1,0 +1,266 @@
+//! Filesystem pull steps: VLA SDMs (with their BDFs) and VLBA correlator output. Each
+//! settled dataset directory becomes an Observation; see `crate::sources` for the settle rules.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+
+use super::models::{DataFile, Instrument, Observation, Product};
+use crate::step::prelude::*;
+
+/// Observations are upserted in batches of this many datasets.
+const BATCH: usize = 100;
+
+/// How a source finds files that belong to a dataset but live outside its directory.
+type ExtraFiles = dyn Fn(&DatasetScan) -> std::io::Result<Vec<PathBuf>> + Send + Sync;
+
+/// A directory whose immediate subdirectories are datasets.
+pub struct DirectorySource {
+    name: &'static str,
+    instrument: Instrument,
+    product: Product,
+    root: PathBuf,
+    marker: Option<String>,
+    interval: Duration,
+    settler: Arc<Mutex<Settler>>,
+    extra: Arc<ExtraFiles>,
+    hint: Hint,
+    /// When the soonest pending dataset may settle, so the next poll comes right then.
+    next_deadline: Mutex<Option<Duration>>,
+    /// Whether the last poll found the root missing (warn once, not every poll).
+    root_missing: Mutex<bool>,
+}
+
+/// Where a directory source looks and how patiently.
+struct Layout {
+    root: PathBuf,
+    /// Directories whose changes hint that a poll is due (the root, and BDFs for VLA).
+    watch: Vec<PathBuf>,
+    marker: Option<String>,
+    poll_seconds: u64,
+    settle_seconds: u64,
+}
+
+impl DirectorySource {
+    fn new(
+        name: &'static str,
+        instrument: Instrument,
+        product: Product,
+        layout: Layout,
+        extra: Arc<ExtraFiles>,
+    ) -> Self {
+        let watch: Vec<&Path> = layout.watch.iter().map(PathBuf::as_path).collect();
+        Self {
+            name,
+            instrument,
+            product,
+            hint: Hint::watch(&watch),
+            marker: layout.marker,
+            interval: Duration::from_secs(layout.poll_seconds),
+            settler: Arc::new(Mutex::new(Settler::new(Duration::from_secs(
+                layout.settle_seconds,
+            )))),
+            extra,
+            next_deadline: Mutex::new(None),
+            root_missing: Mutex::new(false),
+            root: layout.root,
+        }
+    }
+
+    fn observation(&self, scan: DatasetScan) -> (String, Observation) {
+        let files = scan
+            .files
+            .into_iter()
+            .map(|f| DataFile {
+                path: f.path.to_string_lossy().into_owned(),
+                size: f.size,
+                mtime_ns: f.mtime_ns,
+            })
+            .collect();
+        let obs = Observation {
+            instrument: self.instrument,
+            product: self.product,
+            name: scan.name,
+            location: scan.dir.to_string_lossy().into_owned(),
+            files,
+            requested_at: None,
+            not_calibratable: None,
+        };
+        (obs.key(), obs)
+    }
+}
+
+#[async_trait]
+impl PullStep for DirectorySource {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn pull(&self, models: &Models) -> anyhow::Result<PullReport> {
+        let now = models.now_ms();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<DatasetScan>(BATCH);
+        let (root, marker, settler, extra) = (
+            self.root.clone(),
+            self.marker.clone(),
+            self.settler.clone(),
+            self.extra.clone(),
+        );
+        // Listing is blocking I/O (and slow on NFS): do it off the async workers, streaming
+        // settled datasets back so memory stays bounded by the batch, not the tree.
+        let scan = tokio::task::spawn_blocking(move || {
+            let mut settler = settler.lock().unwrap_or_else(|p| p.into_inner());
+            let result = scan_root(
+                &root,
+                marker.as_deref(),
+                &mut settler,
+                now,
+                &*extra,
+                &mut |d| tx.blocking_send(d).is_ok(),
+            );
+            (result, settler.next_deadline(now))
+        });
+        let mut report = PullReport::default();
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(scan) = rx.recv().await {
+            batch.push(self.observation(scan));
+            if batch.len() == BATCH {
+                upsert(models, &mut batch, &mut report).await?;
+            }
+        }
+        upsert(models, &mut batch, &mut report).await?;
+        let (result, deadline) = scan.await.context("directory scan task failed")?;
+        *self.next_deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        let mut missing = self.root_missing.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                if *missing {
+                    info!(source = self.name, root = %self.root.display(), "source directory is back");
+                }
+                *missing = false;
+                Ok(report)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !*missing {
+                    warn!(source = self.name, root = %self.root.display(),
+                        "source directory does not exist (yet); polling on");
+                }
+                *missing = true;
+                Ok(report)
+            }
+            Err(e) => {
+                Err(anyhow::Error::new(e).context(format!("listing {}", self.root.display())))
+            }
+        }
+    }
+
+    async fn changed(&self) {
+        let deadline = *self.next_deadline.lock().unwrap_or_else(|p| p.into_inner());
+        match deadline {
+            Some(after) => {
+                tokio::select! {
+                    _ = self.hint.changed() => {}
+                    _ = tokio::time::sleep(after + Duration::from_millis(10)) => {}
+                }
+            }
+            None => self.hint.changed().await,
+        }
+    }
+}
+
+async fn upsert(
+    models: &Models,
+    batch: &mut Vec<(String, Observation)>,
+    report: &mut PullReport,
+) -> anyhow::Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    report.seen += batch.len();
+    for change in models.upsert_many(batch).await? {
+        match change.change {
+            Change::Created => report.created += 1,
+            Change::Updated { .. } => report.updated += 1,
+            Change::Unchanged => {}
+        }
+    }
+    batch.clear();
+    Ok(())
+}
+
+/// The BDF files an SDM references in its Main.xml (`uid:///evla/bdf/N` is stored as
+/// `uid____evla_bdf_N` under the BDF directory).
+pub fn referenced_bdfs(sdm: &Path, bdf_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let main = match std::fs::read_to_string(sdm.join("Main.xml")) {
+        Ok(text) => text,
+        // No Main.xml yet: the SDM is still being written; its tables are all we know.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    let mut rest = main.as_str();
+    while let Some(at) = rest.find("uid://") {
+        let uid: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '_' | '.' | '-'))
+            .collect();
+        rest = &rest[at + uid.len().max(1)..];
+        if uid.contains("/bdf/") {
+            out.push(bdf_dir.join(uid.replace([':', '/'], "_")));
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Registers the VLA and VLBA directory sources that are enabled.
+pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
+    let vla = &settings.sources.vla;
+    if vla.enabled {
+        let bdf_dir = vla.bdf_path.clone();
+        let extra: Arc<ExtraFiles> = Arc::new(move |scan: &DatasetScan| match &bdf_dir {
+            Some(dir) => referenced_bdfs(&scan.dir, dir),
+            None => Ok(Vec::new()),
+        });
+        let mut watch = vec![vla.path.clone()];
+        watch.extend(vla.bdf_path.clone());
+        let layout = Layout {
+            root: vla.path.clone(),
+            watch,
+            marker: vla.marker_file.clone(),
+            poll_seconds: vla.poll_seconds,
+            settle_seconds: vla.settle_seconds,
+        };
+        registry.pull(DirectorySource::new(
+            "vla",
+            Instrument::VLA,
+            Product::Sdm,
+            layout,
+            extra,
+        ));
+    }
+    let vlba = &settings.sources.vlba;
+    if vlba.enabled {
+        let layout = Layout {
+            root: vlba.path.clone(),
+            watch: vec![vlba.path.clone()],
+            marker: vlba.marker_file.clone(),
+            poll_seconds: vlba.poll_seconds,
+            settle_seconds: vlba.settle_seconds,
+        };
+        let no_extra: Arc<ExtraFiles> = Arc::new(|_: &DatasetScan| Ok(Vec::new()));
+        registry.pull(DirectorySource::new(
+            "vlba",
+            Instrument::VLBA,
+            Product::CorrelatorOutput,
+            layout,
+            no_extra,
+        ));
+    }
+    Ok(())
+}

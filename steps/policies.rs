@@ -1,0 +1,87 @@
+//! The model policies: an observation needs an ingestion that follows its generation; a
+//! completed VLA or ALMA ingestion needs a calibration, unless the data is known not to be
+//! calibratable. Deleting an observation deletes its dependents (the store cascades).
+
+use super::models::{Calibration, Ingestion, Observation, Product};
+use crate::step::prelude::*;
+
+/// Observation created or updated → its Ingestion exists and follows its generation.
+pub struct IngestObservation;
+
+#[async_trait]
+impl ModelPolicy for IngestObservation {
+    type Model = Observation;
+
+    fn name(&self) -> &str {
+        "ingest-observation"
+    }
+
+    async fn handle_update(&self, obj: &Obj<Observation>, models: &Models) -> anyhow::Result<()> {
+        let ingestion = Ingestion {
+            observation: obj.key.clone(),
+            instrument: obj.spec.instrument,
+            product: obj.spec.product,
+            name: obj.spec.name.clone(),
+            observation_generation: obj.generation,
+        };
+        models.upsert(&obj.key, &ingestion).await?;
+        Ok(())
+    }
+}
+
+/// Ingestion of VLA/ALMA science data completed → a Calibration exists; if the observation is
+/// not calibratable, no Calibration (an existing one is deleted) and the reason is recorded
+/// in the ingestion's status.
+pub struct CalibrateIngestion;
+
+#[async_trait]
+impl ModelPolicy for CalibrateIngestion {
+    type Model = Ingestion;
+
+    fn name(&self) -> &str {
+        "calibrate-ingestion"
+    }
+
+    async fn handle_update(&self, obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
+        let spec = &obj.spec;
+        if !spec.instrument.is_calibrated()
+            || spec.product != Product::Sdm
+            || !obj.status.completed(obj.generation)
+        {
+            return Ok(());
+        }
+        let observation = models.get::<Observation>(&spec.observation).await?;
+        if let Some(reason) = observation.and_then(|o| o.spec.not_calibratable) {
+            if models
+                .get::<Calibration>(&obj.key)
+                .await?
+                .is_some_and(|c| !c.deleted)
+            {
+                models.delete::<Calibration>(&obj.key).await?;
+            }
+            let skipped = format!("not calibratable: {reason}");
+            if obj.status.calibration_skipped.as_deref() != Some(skipped.as_str()) {
+                let mut status = obj.status.clone();
+                status.calibration_skipped = Some(skipped);
+                models.set_status::<Ingestion>(&obj.key, &status).await?;
+            }
+            return Ok(());
+        }
+        let calibration = Calibration {
+            ingestion: obj.key.clone(),
+            instrument: spec.instrument,
+            name: spec.name.clone(),
+            ingestion_generation: obj.generation,
+        };
+        models.upsert(&obj.key, &calibration).await?;
+        Ok(())
+    }
+}
+
+/// Registers the policies.
+pub fn register(registry: &mut Registry, _settings: &Settings) -> anyhow::Result<()> {
+    registry
+        .policy(IngestObservation)
+        .policy(CalibrateIngestion);
+    Ok(())
+}
