@@ -29,6 +29,9 @@ pub struct Settings {
     pub executions: ExecutionSettings,
     pub log: LogSettings,
     pub sources: crate::sources::SourcesSettings,
+    pub workspaces: crate::workspaces::WorkspacesSettings,
+    pub archive: crate::workspaces::ArchiveSettings,
+    pub events: crate::bus::EventsSettings,
 }
 
 /// Where models live: `sqlite://FILE` (embedded default) or `postgres://…` (production).
@@ -122,6 +125,9 @@ impl Default for Settings {
             executions: ExecutionSettings::default(),
             log: LogSettings::default(),
             sources: crate::sources::SourcesSettings::default(),
+            events: crate::bus::EventsSettings::default(),
+            workspaces: crate::workspaces::WorkspacesSettings::default(),
+            archive: crate::workspaces::ArchiveSettings::default(),
         }
     }
 }
@@ -294,6 +300,15 @@ impl Settings {
             return bad("policy.page_size", "must be at least 1");
         }
         if let Err((key, problem)) = self.sources.validate() {
+            return bad(key, problem);
+        }
+        if let Err((key, problem)) = self.events.validate() {
+            return bad(key, problem);
+        }
+        if let Err((key, problem)) = self.workspaces.validate() {
+            return bad(key, problem);
+        }
+        if let Err((key, problem)) = self.archive.validate() {
             return bad(key, problem);
         }
         Ok(())

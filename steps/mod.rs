@@ -3,7 +3,11 @@
 //! `steps/README.md` is the contract for step authors.
 
 pub mod alma;
+pub mod archive;
+pub mod calibrate;
+pub mod events;
 pub mod filesystem;
+pub mod ingest;
 pub mod models;
 pub mod policies;
 
@@ -16,6 +20,10 @@ pub const MODULES: &[StepModule] = &[
     ("filesystem", filesystem::register),
     ("alma", alma::register),
     ("policies", policies::register),
+    ("ingest", ingest::register),
+    ("calibrate", calibrate::register),
+    ("archive", archive::register),
+    ("events", events::register),
 ];
 
 /// Registers every module's steps, configured from `settings`.

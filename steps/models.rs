@@ -122,6 +122,10 @@ pub struct RequestStatus {
     pub updated_at: Option<String>,
     /// The generation whose request completed.
     pub completed_generation: Option<i64>,
+    /// The Failed or Cancelled request already reported as this object's error: the next
+    /// attempt (after the backoff, or an operator's retry) makes a new request instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reported: Option<i64>,
 }
 
 /// Observed state of an ingestion.

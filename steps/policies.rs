@@ -2,7 +2,8 @@
 //! completed VLA or ALMA ingestion needs a calibration, unless the data is known not to be
 //! calibratable. Deleting an observation deletes its dependents (the store cascades).
 
-use super::models::{Calibration, Ingestion, Observation, Product};
+use super::archive::CalibrationMark;
+use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
 use crate::step::prelude::*;
 
 /// Observation created or updated → its Ingestion exists and follows its generation.
@@ -78,10 +79,38 @@ impl ModelPolicy for CalibrateIngestion {
     }
 }
 
+/// An ALMA ASDM the source says is not calibratable → a CalibrationMark, so the archive
+/// records it too (`PUT …/calibration-status`).
+pub struct MarkUncalibratable;
+
+#[async_trait]
+impl ModelPolicy for MarkUncalibratable {
+    type Model = Observation;
+
+    fn name(&self) -> &str {
+        "mark-uncalibratable"
+    }
+
+    async fn handle_update(&self, obj: &Obj<Observation>, models: &Models) -> anyhow::Result<()> {
+        let spec = &obj.spec;
+        if let (Instrument::ALMA, Product::Sdm, Some(reason)) =
+            (spec.instrument, spec.product, &spec.not_calibratable)
+        {
+            let mark = CalibrationMark {
+                uid: spec.name.clone(),
+                reason: reason.clone(),
+            };
+            models.upsert(&spec.name, &mark).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Registers the policies.
 pub fn register(registry: &mut Registry, _settings: &Settings) -> anyhow::Result<()> {
     registry
         .policy(IngestObservation)
+        .policy(MarkUncalibratable)
         .policy(CalibrateIngestion);
     Ok(())
 }

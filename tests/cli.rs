@@ -93,13 +93,13 @@ fn bad_model_deps_fails_at_start_naming_the_kind() {
     let dir = shipped_dir();
     std::fs::write(
         dir.path().join("model-deps.json"),
-        r#"{"Ingestion": [["Observation", "observation", "ingestions"]]}"#,
+        r#"{"Transfer": [["Observation", "observation", "transfers"]]}"#,
     )
     .unwrap();
     let out = thalamus(dir.path(), &["run", "--once"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("kind `Ingestion` (a model in the file) has no sync step"),
+        stderr(&out).contains("kind `Transfer` (a model in the file) has no sync step"),
         "{}",
         stderr(&out)
     );

@@ -70,13 +70,15 @@ impl World {
         tweak(&mut s, dir.path());
         let mut registry = Registry::new();
         thalamus::app::registry(&s).unwrap(); // the shipped registration must accept these settings
-        for (_, register) in thalamus::steps::MODULES {
+                                              // Everything shipped except the Workspaces steps, which stand-ins replace here.
+        let shipped = thalamus::steps::MODULES
+            .iter()
+            .filter(|(name, _)| !["ingest", "calibrate"].contains(name));
+        for (_, register) in shipped {
             register(&mut registry, &s).unwrap();
         }
-        if !registry.sync_kinds().contains(&"Ingestion") {
-            registry.sync(IngestNow).unwrap();
-            registry.sync(CalibrateNow).unwrap();
-        }
+        registry.sync(IngestNow).unwrap();
+        registry.sync(CalibrateNow).unwrap();
         let graph = DepGraph::parse("deps", DOMAIN_DEPS, &registry.sync_kinds()).unwrap();
         let clock = ManualClock::at(T0);
         let engine = Engine::new(
@@ -474,6 +476,17 @@ async fn alma_rows_become_observations_and_reingestion_reruns(backend: Backend) 
     assert_eq!(
         skipped.calibration_skipped.as_deref(),
         Some("not calibratable: solar observation")
+    );
+    let mark = w
+        .engine
+        .store()
+        .get("CalibrationMark", "uid://A002/X2/X2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        mark.spec, r#"{"reason":"solar observation","uid":"uid://A002/X2/X2"}"#,
+        "the archive is told too"
     );
     // The same rows again: nothing moves.
     assert_eq!(w.once().await.sync.attempted(), 0);

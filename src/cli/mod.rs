@@ -1,6 +1,7 @@
 //! The `thalamus` command line: run the controller, manage the schema, inspect models.
 
 mod admin;
+mod dead_letters;
 mod inspect;
 mod output;
 
@@ -9,7 +10,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-pub use output::Format;
+pub use output::{Format, Table};
 
 use crate::config::{ConfigError, Settings};
 
@@ -91,6 +92,11 @@ pub enum Command {
     Retry { kind: String, key: String },
     /// Soft-delete an object and its dependents; their delete steps run, dependents first.
     Delete { kind: String, key: String },
+    /// Messages no event step could apply: list, show, replay, purge.
+    #[command(subcommand)]
+    DeadLetters(dead_letters::DeadLetters),
+    /// Measure the controller against the limits of this machine, as ratios in one run.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Parses the command line, runs the command, and maps errors to exit codes: 2 for bad
@@ -155,5 +161,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         } => inspect::history(&settings, &kind, &key, limit, output).await,
         Command::Retry { kind, key } => inspect::retry(&settings, &kind, &key).await,
         Command::Delete { kind, key } => inspect::delete(&settings, &kind, &key).await,
+        Command::DeadLetters(command) => dead_letters::run(settings, command).await,
+        Command::Bench(args) => crate::bench::run(args).await,
     }
 }

@@ -22,6 +22,7 @@ pub use policy::PolicyReport;
 pub use pull::PullSummary;
 pub use sync::SyncReport;
 
+use crate::bus::EventMetrics;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::graph::DepGraph;
@@ -41,6 +42,7 @@ pub struct Engine {
     holder: String,
     shutdown: CancellationToken,
     wake: Arc<Notify>,
+    events: Arc<EventMetrics>,
 }
 
 /// What [`Engine::run_once`] did, for the CLI's summary line and tests.
@@ -80,6 +82,7 @@ impl Engine {
             holder,
             shutdown: CancellationToken::new(),
             wake: Arc::new(Notify::new()),
+            events: Arc::new(EventMetrics::new()),
         }
     }
 
@@ -101,6 +104,16 @@ impl Engine {
     /// Cancel this token to stop the engine gracefully.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Counters of consumed events, for the operator surface.
+    pub fn event_metrics(&self) -> Arc<EventMetrics> {
+        self.events.clone()
+    }
+
+    /// Now, from the engine's clock.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
     }
 
     /// Makes a sleeping [`Engine::run`] look for work now.

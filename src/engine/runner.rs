@@ -230,7 +230,7 @@ impl<'e> Round<'e> {
             Ok(Progress::Done) if op == "delete" => (Settled::Reaped, "ok", None),
             Ok(Progress::Done) => (
                 Settled::Synced {
-                    message: format!("synced generation {}", row.generation),
+                    message: crate::store::synced_message(row.generation),
                 },
                 "ok",
                 None,

@@ -77,6 +77,12 @@ impl Models {
             .await?)
     }
 
+    /// Objects of kind `M` whose observed status records Workspaces request `id` (indexed).
+    pub async fn with_request_id<M: Model>(&self, id: i64) -> anyhow::Result<Vec<Obj<M>>> {
+        let rows = self.store.find_by_request_id(&[M::KIND], id).await?;
+        rows.iter().map(typed).collect()
+    }
+
     /// Asks the sync loop to look at an object now (never shortening a failure's backoff).
     pub async fn resync<M: Model>(&self, key: &str) -> anyhow::Result<bool> {
         Ok(self.store.resync(M::KIND, key, self.now_ms()).await?)

@@ -26,6 +26,9 @@ pub mod prelude {
     pub use crate::config::Settings;
     pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, Settler};
     pub use crate::store::Change;
+    pub use crate::workspaces::{
+        configured, ArchiveClient, CalibrationTargets, IngestionTargets, Target, WorkspacesClient,
+    };
     pub use anyhow::{anyhow, bail, Context as _};
     pub use async_trait::async_trait;
     pub use serde::{Deserialize, Serialize};

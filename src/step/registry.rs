@@ -101,7 +101,7 @@ pub(crate) type RawObject = ObjectRow;
 /// A sync step with its model type erased, so the engine can hold every kind in one map.
 #[async_trait]
 pub(crate) trait DynSync: Send + Sync {
-    /// Runs `sync` or `delete`; returns the outcome and the status JSON the step left.
+    /// Runs `sync` or `delete`; returns the outcome and the status JSON, if the step changed it.
     async fn run(&self, op: Op, row: &RawObject, ctx: &StepContext)
         -> (StepResult, Option<String>);
 }
@@ -120,14 +120,19 @@ impl<S: SyncStep> DynSync for TypedSync<S> {
             Ok(obj) => obj,
             Err(e) => return (Err(StepError::Permanent(format!("{e:#}"))), None),
         };
+        let text = |status: &<S::Model as Model>::Status| {
+            serde_json::to_value(status)
+                .ok()
+                .map(|v| crate::store::canonical(&v))
+        };
+        let before = text(&obj.status);
         let result = match op {
             Op::Sync => self.0.sync(&mut obj, ctx).await,
             Op::Delete => self.0.delete(&mut obj, ctx).await,
         };
-        let status = serde_json::to_value(&obj.status)
-            .ok()
-            .map(|v| crate::store::canonical(&v));
-        (result, status)
+        // Only a status the step changed is written (and bumps the revision).
+        let after = text(&obj.status);
+        (result, after.filter(|a| Some(a) != before.as_ref()))
     }
 }
 

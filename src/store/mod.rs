@@ -4,6 +4,7 @@
 //! One SQL text serves both backends (`$N` placeholders work in both); [`with_pool!`] expands a
 //! body once per backend so each runs on its native driver. Times are epoch milliseconds.
 
+mod dead_letters;
 mod executions;
 mod objects;
 mod policy;
@@ -20,10 +21,11 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use executions::{Execution, NewExecution};
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
-pub use work::{Claimed, Dependency, DependencyState, OutcomeRecord, Settled};
+pub use work::{synced_message, Claimed, Dependency, DependencyState, OutcomeRecord, Settled};
 
 /// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.
 #[derive(Debug, thiserror::Error)]

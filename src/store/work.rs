@@ -256,10 +256,43 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
+        // The common case (a step converged and left its status alone) is written in bulk:
+        // one statement per 500 objects instead of two per object.
+        let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records.iter().partition(|r| {
+            r.status.is_none()
+                && matches!(&r.settled, Settled::Synced { message } if *message == synced_message(r.generation))
+        });
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            for r in records {
+            for r in single {
                 settle_one!(tx, holder, now, r);
+            }
+            for chunk in bulk.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "UPDATE objects SET enacted = CASE WHEN v.column2 > objects.enacted THEN v.column2 ELSE objects.enacted END, \
+                     backend_code = 1, backend_status = 'synced generation ' || v.column2, attempts = 0, \
+                     waiting_on = NULL, last_error = NULL, need_delete = TRUE, lease_holder = NULL, lease_until = NULL, \
+                     next_attempt_at = CASE WHEN objects.generation > v.column2 THEN objects.next_attempt_at ELSE NULL END, \
+                     last_success_at = ");
+                q.push_bind(now).push(", updated_at = ").push_bind(now).push(" FROM (VALUES ");
+                let mut sep = q.separated(", ");
+                for r in chunk {
+                    sep.push("(CAST(").push_bind_unseparated(r.id).push_unseparated(" AS BIGINT), CAST(")
+                        .push_bind_unseparated(r.generation).push_unseparated(" AS BIGINT))");
+                }
+                q.push(") AS v WHERE objects.id = v.column1 AND objects.lease_holder = ").push_bind(holder);
+                q.build().execute(&mut *tx).await?;
+                // Wake the dependents that were waiting on any of these.
+                let mut q = sqlx::QueryBuilder::new("UPDATE objects SET next_attempt_at = ");
+                q.push_bind(now).push(
+                    " WHERE waiting_on IS NOT NULL AND deleted_at IS NULL AND id IN (SELECT l.src_id FROM links l \
+                     JOIN objects p ON p.kind = l.dst_kind AND p.key = l.dst_key WHERE p.id IN (");
+                let mut sep = q.separated(", ");
+                for r in chunk {
+                    sep.push_bind(r.id);
+                }
+                q.push("))");
+                q.build().execute(&mut *tx).await?;
             }
             let executions: Vec<&NewExecution> = records.iter().filter_map(|r| r.execution.as_ref()).collect();
             insert_executions!(tx, executions);
@@ -267,6 +300,11 @@ impl Store {
             Ok::<_, super::StoreError>(())
         })
     }
+}
+
+/// The backend status of an object synced at `generation`.
+pub fn synced_message(generation: i64) -> String {
+    format!("synced generation {generation}")
 }
 
 fn push_ids<'a, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<'a, DB>, ids: &'a [i64])

@@ -2,7 +2,9 @@
 //! models and steps that record what ran, and an engine on a manual clock.
 #![allow(dead_code)]
 
+pub mod brokers;
 pub mod steps;
+pub mod workspaces_stub;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,0 +1,95 @@
+//! `thalamus bench`: each scenario measures a baseline (the physical limit on this machine,
+//! e.g. the same SQL written directly) and thalamus back to back, and reports the ratio, so
+//! the figures mean something on any hardware.
+
+mod db;
+mod engine;
+mod report;
+mod scan;
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+pub use report::Figure;
+
+/// Options of `thalamus bench`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Small sizes (finishes in a few minutes), for the documented workflow.
+    #[arg(long)]
+    pub quick: bool,
+    /// Print the figures as JSON (`[{name, value, baseline, ratio, goal, unit}]`).
+    #[arg(long)]
+    pub json: bool,
+    /// Only these scenarios: reconcile, dirty, scan, memory.
+    #[arg(long = "only", value_name = "SCENARIO")]
+    pub only: Vec<String>,
+    /// Objects in the reconcile scenario (default 100000; --quick 10000).
+    #[arg(long)]
+    pub objects: Option<usize>,
+    /// Models in the dirty-pass and memory scenarios (default 1000000; --quick 100000).
+    #[arg(long)]
+    pub models: Option<usize>,
+    /// Files in the scan scenario (default 1000000; --quick 50000).
+    #[arg(long)]
+    pub files: Option<usize>,
+    /// PostgreSQL to measure on (a scratch schema is created and dropped).
+    #[arg(
+        long,
+        default_value = "postgres://postgres@127.0.0.1:5432/test",
+        env = "THALAMUS_BENCH_PG"
+    )]
+    pub pg_url: String,
+    /// Skip PostgreSQL (SQLite only).
+    #[arg(long)]
+    pub no_postgres: bool,
+    /// Where scratch databases and file trees go (default: the system temp directory).
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    fn size(&self, given: Option<usize>, full: usize, quick: usize) -> usize {
+        given.unwrap_or(if self.quick { quick } else { full })
+    }
+
+    fn wants(&self, scenario: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == scenario)
+    }
+
+    fn scratch(&self) -> PathBuf {
+        self.scratch.clone().unwrap_or_else(std::env::temp_dir)
+    }
+}
+
+/// Runs the selected scenarios and prints the summary table (or JSON).
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    for s in &args.only {
+        if !["reconcile", "dirty", "scan", "memory"].contains(&s.as_str()) {
+            anyhow::bail!("unknown scenario {s:?}: use reconcile, dirty, scan or memory");
+        }
+    }
+    let mut figures = Vec::new();
+    let mut backends = vec![db::Backend::Sqlite];
+    if !args.no_postgres {
+        backends.push(db::Backend::Postgres);
+    }
+    if args.wants("reconcile") {
+        let n = args.size(args.objects, 100_000, 10_000);
+        for b in &backends {
+            figures.push(engine::reconcile(&args, *b, n).await?);
+        }
+    }
+    if args.wants("dirty") || args.wants("memory") {
+        let n = args.size(args.models, 1_000_000, 100_000);
+        for b in &backends {
+            figures.extend(engine::dirty_pass(&args, *b, n).await?);
+        }
+    }
+    if args.wants("scan") {
+        let n = args.size(args.files, 1_000_000, 50_000);
+        figures.extend(scan::scan(&args, n).await?);
+    }
+    report::print(&figures, args.json)
+}

@@ -1,0 +1,209 @@
+//! The Kafka transport: a consumer group with auto-commit off; an offset is committed only
+//! after the message's effect (or dead letter) is stored. A new group starts from the earliest
+//! offset. librdkafka reconnects by itself; a failed start is retried with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Headers, Message};
+use rdkafka::statistics::Statistics;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::metrics::EventMetrics;
+use super::{deliver, Delivery, EventsSettings};
+use crate::engine::Engine;
+use crate::step::{Event, Transport};
+
+/// Feeds librdkafka's statistics (consumer lag per partition) into the event metrics.
+pub struct LagContext(Arc<EventMetrics>);
+
+impl ClientContext for LagContext {
+    fn stats(&self, statistics: Statistics) {
+        let lags = statistics
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .map(|p| p.consumer_lag);
+        let known: Vec<i64> = lags.filter(|lag| *lag >= 0).collect();
+        if !known.is_empty() {
+            self.0.set_lag(known.iter().sum());
+        }
+    }
+}
+
+impl ConsumerContext for LagContext {}
+
+/// A message received and not yet committed.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub event: Event,
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// A subscribed consumer in the configured group.
+pub struct KafkaSource {
+    consumer: StreamConsumer<LagContext>,
+    aliases: EventsSettings,
+}
+
+impl KafkaSource {
+    /// Creates missing topics (if configured) and subscribes.
+    pub async fn connect(
+        events: &EventsSettings,
+        metrics: Arc<EventMetrics>,
+    ) -> anyhow::Result<Self> {
+        let settings = &events.kafka;
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &settings.brokers)
+            .set("group.id", &settings.group_id)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set(
+                "session.timeout.ms",
+                settings.session_timeout_ms.to_string(),
+            )
+            .set("statistics.interval.ms", "5000")
+            .set("enable.partition.eof", "false");
+        if settings.create_topics {
+            let admin: AdminClient<_> =
+                config.create().context("creating the Kafka admin client")?;
+            let topics: Vec<NewTopic> = settings
+                .topics
+                .iter()
+                .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+                .collect();
+            let results = admin
+                .create_topics(
+                    &topics,
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                )
+                .await
+                .context("creating Kafka topics")?;
+            for result in results {
+                match result {
+                    Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                    Err((topic, code)) => {
+                        anyhow::bail!("cannot create Kafka topic {topic}: {code}")
+                    }
+                }
+            }
+        }
+        let consumer: StreamConsumer<LagContext> = config
+            .create_with_context(LagContext(metrics))
+            .context("creating the Kafka consumer")?;
+        let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .context("subscribing to Kafka topics")?;
+        Ok(Self {
+            consumer,
+            aliases: events.clone(),
+        })
+    }
+
+    /// Waits for the next message.
+    pub async fn recv(&self) -> anyhow::Result<Received> {
+        let m = self.consumer.recv().await.context("receiving from Kafka")?;
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_string(),
+                            h.value
+                                .map(|v| String::from_utf8_lossy(v).into_owned())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let event = Event {
+            transport: Transport::Kafka,
+            topic: self.aliases.logical_topic(m.topic()),
+            routing_key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+            payload: m.payload().unwrap_or_default().to_vec(),
+            headers,
+            position: format!("{}/{}@{}", m.topic(), m.partition(), m.offset()),
+        };
+        Ok(Received {
+            event,
+            topic: m.topic().to_string(),
+            partition: m.partition(),
+            offset: m.offset(),
+        })
+    }
+
+    /// Commits past `received`: its effect is stored.
+    pub fn commit(&self, received: &Received) -> anyhow::Result<()> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(
+            &received.topic,
+            received.partition,
+            Offset::Offset(received.offset + 1),
+        )
+        .context("building the commit")?;
+        self.consumer
+            .commit(&tpl, CommitMode::Async)
+            .context("committing the Kafka offset")?;
+        Ok(())
+    }
+}
+
+/// Consumes until shutdown: deliver, then commit. A start that fails (broker down) is retried
+/// with exponential backoff; errors while consuming are logged and librdkafka reconnects.
+pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: CancellationToken) {
+    let settings = &events.kafka;
+    let mut delays = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .without_max_times()
+        .build();
+    let source = loop {
+        match KafkaSource::connect(&events, engine.event_metrics()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(60));
+                warn!(brokers = %settings.brokers, "Kafka not available, retrying in {delay:?}: {e:#}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    };
+    info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?settings.topics, "consuming Kafka");
+    loop {
+        let received = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = source.recv() => r,
+        };
+        let received = match received {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("Kafka: {e:#}");
+                continue;
+            }
+        };
+        if deliver(&engine, &received.event, &shutdown).await == Delivery::Abandoned {
+            return;
+        }
+        if let Err(e) = source.commit(&received) {
+            // The effect is stored; a lost commit only means a harmless redelivery.
+            warn!(position = %received.event.position, "{e:#}");
+        }
+    }
+}

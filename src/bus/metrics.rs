@@ -1,0 +1,72 @@
+//! Event counters, kept so the operator surface can export them.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use serde::Serialize;
+
+/// Counters of the event transports since start.
+#[derive(Debug, Default)]
+pub struct EventMetrics {
+    consumed: AtomicU64,
+    applied: AtomicU64,
+    unchanged: AtomicU64,
+    dead_lettered: AtomicU64,
+    retried: AtomicU64,
+    /// Kafka consumer lag in messages, summed over partitions; -1 when unknown.
+    lag: AtomicI64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct MetricsSnapshot {
+    pub consumed: u64,
+    pub applied: u64,
+    /// Duplicates and stale messages.
+    pub unchanged: u64,
+    pub dead_lettered: u64,
+    /// Times a message's effect could not be stored and was retried.
+    pub retried: u64,
+    /// Kafka lag in messages, if known.
+    pub lag: Option<i64>,
+}
+
+impl EventMetrics {
+    /// Counters starting at zero, lag unknown.
+    pub fn new() -> Self {
+        let m = Self::default();
+        m.lag.store(-1, Ordering::Relaxed);
+        m
+    }
+
+    pub(crate) fn consumed(&self) {
+        self.consumed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn applied(&self) {
+        self.applied.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn unchanged(&self) {
+        self.unchanged.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn dead_lettered(&self) {
+        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn retried(&self) {
+        self.retried.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let lag = self.lag.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            consumed: self.consumed.load(Ordering::Relaxed),
+            applied: self.applied.load(Ordering::Relaxed),
+            unchanged: self.unchanged.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            retried: self.retried.load(Ordering::Relaxed),
+            lag: (lag >= 0).then_some(lag),
+        }
+    }
+}

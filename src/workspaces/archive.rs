@@ -1,0 +1,37 @@
+//! The archive REST client: tells the archive which ASDMs cannot be calibrated.
+
+use reqwest::Method;
+use serde_json::json;
+
+use super::http::{CallError, Http};
+use super::settings::ArchiveSettings;
+
+/// Talks to the archive; cheap to clone, and every clone shares one rate limit.
+#[derive(Clone)]
+pub struct ArchiveClient {
+    http: std::sync::Arc<Http>,
+}
+
+impl ArchiveClient {
+    /// A client configured from `archive.*`.
+    pub fn new(settings: &ArchiveSettings) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: std::sync::Arc::new(Http::new(
+                "the archive",
+                &settings.url,
+                settings.token.as_ref(),
+                settings.timeout_seconds,
+                settings.requests_per_second,
+            )?),
+        })
+    }
+
+    /// `PUT {archive}/alma/asdm/{uid}/calibration-status` with `calibratable: false`: marks an
+    /// ASDM not calibratable. A PUT of the same state, so repeating it is harmless.
+    pub async fn mark_not_calibratable(&self, uid: &str, reason: &str) -> Result<(), CallError> {
+        let url = self.http.url(&["alma", "asdm", uid, "calibration-status"]);
+        let body = json!({"calibratable": false, "reason": reason});
+        self.http.send(Method::PUT, url, Some(&body)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,391 @@
+//! Event steps over real brokers: Kafka (tansu on 127.0.0.1:19092) and RabbitMQ
+//! (127.0.0.1:5672). At least once, dead letters for what cannot be applied, duplicates and
+//! stale states change nothing, and a crash between store and ack redelivers without harm.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::brokers::*;
+use common::{Backend, TestDb, T0};
+use thalamus::bus::{deliver, AmqpSession, Delivery, EventsSettings, KafkaSource};
+use thalamus::clock::ManualClock;
+use thalamus::engine::Engine;
+use thalamus::graph::DepGraph;
+use thalamus::step::prelude::*;
+use thalamus::steps::models::{Calibration, Ingestion, Instrument, Observation, Product};
+use tokio_util::sync::CancellationToken;
+
+const DEPS: &str = r#"{ "Ingestion":   [["Observation", "observation", "ingestions"]],
+                        "Calibration": [["Ingestion",   "ingestion",   "calibrations"]] }"#;
+
+/// Stands in for the Workspaces step: an ingestion of `VLA/obsN` is request N; it is
+/// Executing until its status says Complete (as an event will).
+struct FakeIngest;
+
+#[async_trait]
+impl SyncStep for FakeIngest {
+    type Model = Ingestion;
+    async fn sync(&self, obj: &mut Obj<Ingestion>, _ctx: &StepContext) -> StepResult {
+        let id: i64 = obj
+            .key
+            .trim_start_matches("VLA/obs")
+            .parse()
+            .context("test keys are VLA/obsN")?;
+        let r = &mut obj.status.request;
+        if r.state.as_deref() == Some("Complete") {
+            r.completed_generation = Some(obj.generation);
+            return Ok(Progress::Done);
+        }
+        r.request_id = Some(id);
+        r.state.get_or_insert_with(|| "Executing".into());
+        Ok(Progress::deferred(
+            Duration::from_secs(600),
+            format!("request {id} is Executing"),
+        ))
+    }
+}
+
+struct FakeCalibrate;
+
+#[async_trait]
+impl SyncStep for FakeCalibrate {
+    type Model = Calibration;
+    async fn sync(&self, _obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
+        Ok(Progress::Done)
+    }
+}
+
+struct World {
+    engine: Engine,
+    events: EventsSettings,
+    _db: TestDb,
+}
+
+impl World {
+    async fn new(backend: Backend, test: &str) -> Self {
+        ensure_kafka();
+        let db = TestDb::new(backend).await;
+        let mut s = common::settings(&db.url);
+        s.events = events(test);
+        let mut registry = Registry::new();
+        thalamus::steps::models::register(&mut registry, &s).unwrap();
+        thalamus::steps::policies::register(&mut registry, &s).unwrap();
+        thalamus::steps::events::register(&mut registry, &s).unwrap();
+        registry.sync(FakeIngest).unwrap();
+        registry.sync(FakeCalibrate).unwrap();
+        let graph = DepGraph::parse("deps", DEPS, &registry.sync_kinds()).unwrap();
+        let engine = Engine::new(
+            db.store().await,
+            registry,
+            graph,
+            s.clone(),
+            Arc::new(ManualClock::at(T0)),
+        );
+        Self {
+            engine,
+            events: s.events,
+            _db: db,
+        }
+    }
+
+    /// Observations `VLA/obs<n>` whose ingestions are now Executing request n.
+    async fn executing(&self, ns: impl IntoIterator<Item = i64>) {
+        for n in ns {
+            let obs = Observation {
+                instrument: Instrument::VLA,
+                product: Product::Sdm,
+                name: format!("obs{n}"),
+                location: format!("/data/obs{n}"),
+                files: vec![],
+                requested_at: None,
+                not_calibratable: None,
+            };
+            self.engine.models().upsert(&obs.key(), &obs).await.unwrap();
+        }
+        self.engine.run_once().await.unwrap();
+    }
+
+    async fn ingestion(&self, n: i64) -> Obj<Ingestion> {
+        self.engine
+            .models()
+            .get::<Ingestion>(&format!("VLA/obs{n}"))
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn dead_letters(&self) -> usize {
+        self.engine.store().dead_letters(None).await.unwrap().len()
+    }
+}
+
+fn status(id: i64, state: &str, ts: &str) -> Vec<u8> {
+    format!(
+        r#"{{"type":"capability-status","capability_request_id":{id},"capability":"ingest_vla","state":"{state}","message":"m","timestamp":"{ts}","extra":1}}"#
+    )
+    .into_bytes()
+}
+
+/// Runs the controller (consumers and sync loop) until the returned token is cancelled.
+fn run(engine: &Engine) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let e = engine.clone();
+    let token = engine.shutdown_token();
+    (token, tokio::spawn(async move { e.run().await.unwrap() }))
+}
+
+async fn complete_message_enacts_without_waiting_for_the_poll(backend: Backend, transport: &str) {
+    let w = World::new(backend, &format!("happy-{transport}")).await;
+    w.executing([7]).await;
+    let ing = w.ingestion(7).await;
+    assert_eq!(
+        (ing.enacted, ing.status.request.state.as_deref()),
+        (0, Some("Executing"))
+    );
+    // The manual clock never moves: the ingestion's next poll (in 600 s) never comes, so only
+    // the event can finish it.
+    let topic = actual(&w.events, STATUS);
+    let msg = vec![status(7, "Complete", "2026-01-01T00:05:00Z")];
+    match transport {
+        "amqp" => {
+            drop(AmqpSession::connect(&w.events).await.unwrap()); // declare queue and bindings
+            publish_amqp(&topic, "workspaces.status", &msg).await;
+        }
+        _ => produce_kafka(&topic, &msg).await,
+    }
+    let (stop, running) = run(&w.engine);
+    eventually("the ingestion to be enacted", || async {
+        w.ingestion(7).await.enacted == 1
+    })
+    .await;
+    eventually("the calibration the policy derives", || async {
+        w.engine
+            .models()
+            .get::<Calibration>("VLA/obs7")
+            .await
+            .unwrap()
+            .is_some_and(|c| c.enacted == 1)
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+    let m = w.engine.event_metrics().snapshot();
+    assert_eq!((m.consumed, m.applied, m.dead_lettered), (1, 1, 0));
+    cleanup_amqp(&w.events).await;
+}
+
+async fn happy_path_amqp(backend: Backend) {
+    complete_message_enacts_without_waiting_for_the_poll(backend, "amqp").await
+}
+
+async fn happy_path_kafka(backend: Backend) {
+    complete_message_enacts_without_waiting_for_the_poll(backend, "kafka").await
+}
+
+both_backends!(happy_path_amqp, happy_path_kafka);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_and_stale_states_change_nothing() {
+    let w = World::new(Backend::Sqlite, "order").await;
+    w.executing([3]).await;
+    let topic = actual(&w.events, STATUS);
+    // One partition keeps the order: Executing at :02, a late Submitted from :01, Complete, and
+    // Complete again.
+    let source = KafkaSource::connect(&w.events, w.engine.event_metrics())
+        .await
+        .unwrap();
+    produce_kafka(
+        &topic,
+        &[
+            status(3, "Executing", "2026-01-01T00:00:02Z"),
+            status(3, "Submitted", "2026-01-01T00:00:01Z"),
+            status(3, "Complete", "2026-01-01T00:00:03Z"),
+            status(3, "Complete", "2026-01-01T00:00:03Z"),
+        ],
+    )
+    .await;
+    let shutdown = CancellationToken::new();
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let received = source.recv().await.unwrap();
+        outcomes.push(deliver(&w.engine, &received.event, &shutdown).await);
+        source.commit(&received).unwrap();
+    }
+    assert_eq!(
+        outcomes,
+        [
+            Delivery::Applied,
+            Delivery::Unchanged,
+            Delivery::Applied,
+            Delivery::Unchanged
+        ]
+    );
+    let ing = w.ingestion(3).await;
+    assert_eq!(ing.status.request.state.as_deref(), Some("Complete"));
+    assert_eq!(
+        ing.status.request.updated_at.as_deref(),
+        Some("2026-01-01T00:00:03Z")
+    );
+}
+
+async fn poison_messages_never_stop_the_consumer(transport: &str) {
+    let w = World::new(Backend::Sqlite, &format!("poison-{transport}")).await;
+    w.executing(1..=10).await;
+    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    for i in 0..1000 {
+        payloads.push(match i % 4 {
+            0 => b"\xff\xfe not json".to_vec(),
+            1 => br#"{"type":"capability-status","state":"Complete"}"#.to_vec(),
+            2 => status(100_000 + i, "Complete", "2026-01-01T00:00:00Z"), // matches nothing
+            _ => br#"{"type":"capability-status","capability_request_id":1,"state":"Exploded"}"#
+                .to_vec(),
+        });
+        if i % 100 == 50 {
+            payloads.push(status((i / 100) + 1, "Complete", "2026-01-01T00:09:00Z"));
+        }
+    }
+    assert_eq!(payloads.len(), 1010);
+    let topic = actual(&w.events, STATUS);
+    match transport {
+        "amqp" => {
+            drop(AmqpSession::connect(&w.events).await.unwrap());
+            publish_amqp(&topic, "x", &payloads).await;
+        }
+        _ => produce_kafka(&topic, &payloads).await,
+    }
+    let (stop, running) = run(&w.engine);
+    let metrics = w.engine.event_metrics();
+    eventually("all 1010 messages", || async {
+        metrics.snapshot().consumed == 1010
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+    let m = metrics.snapshot();
+    assert_eq!((m.applied, m.dead_lettered), (10, 1000));
+    assert_eq!(w.dead_letters().await, 1000);
+    for n in 1..=10 {
+        assert_eq!(
+            w.ingestion(n).await.status.request.state.as_deref(),
+            Some("Complete"),
+            "obs{n}"
+        );
+    }
+    let reasons: std::collections::BTreeSet<String> = w
+        .engine
+        .store()
+        .dead_letters(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.reason.split(':').next().unwrap().to_string())
+        .collect();
+    assert!(reasons.contains("request-status"), "{reasons:?}");
+    cleanup_amqp(&w.events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_amqp() {
+    poison_messages_never_stop_the_consumer("amqp").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_kafka() {
+    poison_messages_never_stop_the_consumer("kafka").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_store_and_commit_redelivers_once_applied_kafka() {
+    let w = World::new(Backend::Sqlite, "crash-kafka").await;
+    w.executing([5]).await;
+    let topic = actual(&w.events, STATUS);
+    produce_kafka(&topic, &[status(5, "Complete", "2026-01-01T00:00:05Z")]).await;
+    let shutdown = CancellationToken::new();
+    let first = KafkaSource::connect(&w.events, w.engine.event_metrics())
+        .await
+        .unwrap();
+    let received = first.recv().await.unwrap();
+    assert_eq!(
+        deliver(&w.engine, &received.event, &shutdown).await,
+        Delivery::Applied
+    );
+    drop(first); // killed before committing
+    let second = KafkaSource::connect(&w.events, w.engine.event_metrics())
+        .await
+        .unwrap();
+    let again = second.recv().await.unwrap();
+    assert_eq!(
+        again.event.position, received.event.position,
+        "the same message comes again"
+    );
+    assert_eq!(
+        deliver(&w.engine, &again.event, &shutdown).await,
+        Delivery::Unchanged,
+        "applied once"
+    );
+    second.commit(&again).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_between_store_and_ack_redelivers_once_applied_amqp() {
+    let w = World::new(Backend::Sqlite, "crash-amqp").await;
+    w.executing([6]).await;
+    let shutdown = CancellationToken::new();
+    let mut first = AmqpSession::connect(&w.events).await.unwrap();
+    publish_amqp(&actual(&w.events, ARCHIVE), "ingestion.event", &[
+        br#"{"application":"ingestion","type":"ingestion-complete","instrument":"VLA","name":"obs6"}"#.to_vec(),
+    ])
+    .await;
+    let (event, _acker) = first.recv(&shutdown).await.unwrap().unwrap();
+    assert_eq!(
+        deliver(&w.engine, &event, &shutdown).await,
+        Delivery::Applied
+    );
+    drop(first); // killed before acknowledging
+    let mut second = AmqpSession::connect(&w.events).await.unwrap();
+    let (again, acker) = second.recv(&shutdown).await.unwrap().unwrap();
+    assert!(
+        again.position.ends_with("(redelivered)"),
+        "{}",
+        again.position
+    );
+    assert_eq!(
+        deliver(&w.engine, &again, &shutdown).await,
+        Delivery::Unchanged,
+        "applied once"
+    );
+    acker.ack(Default::default()).await.unwrap();
+    assert!(w.ingestion(6).await.status.completed(1));
+    cleanup_amqp(&w.events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_replayed_once_their_model_exists() {
+    let w = World::new(Backend::Sqlite, "replay").await;
+    let shutdown = CancellationToken::new();
+    let event = Event {
+        transport: Transport::Direct,
+        topic: ARCHIVE.into(),
+        routing_key: Some("ingestion.event".into()),
+        payload: br#"{"application":"ingestion","type":"ingestion-complete","instrument":"VLA","name":"obs9"}"#.to_vec(),
+        headers: vec![("origin".into(), "test".into())],
+        position: "p1".into(),
+    };
+    let Delivery::DeadLettered(id) = deliver(&w.engine, &event, &shutdown).await else {
+        panic!("not dead-lettered")
+    };
+    let letter = w.engine.store().dead_letter(id).await.unwrap().unwrap();
+    assert_eq!(letter.reason, "ingestion-complete: no Ingestion VLA/obs9");
+    assert_eq!(letter.payload, event.payload);
+    assert_eq!(letter.headers, r#"[["origin","test"]]"#);
+    // Once the observation exists, the same message applies.
+    w.executing([9]).await;
+    let replay = Event {
+        payload: letter.payload.clone(),
+        ..event
+    };
+    assert_eq!(
+        deliver(&w.engine, &replay, &shutdown).await,
+        Delivery::Applied
+    );
+}
