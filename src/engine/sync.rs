@@ -84,14 +84,17 @@ impl Engine {
     /// Builds the round's dependency DAG and runs it.
     async fn run_round(&self, rows: Vec<ObjectRow>) -> anyhow::Result<SyncReport> {
         let index: HashMap<i64, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        // Only kinds that link to others have parents to check, and only kinds others link
+        // to have dependents to wait for: the rest skip the dependency query.
+        let deps = self.graph.dependencies();
         let syncing: Vec<i64> = rows
             .iter()
-            .filter(|r| r.deleted_at.is_none())
+            .filter(|r| r.deleted_at.is_none() && deps.iter().any(|d| d.kind == r.kind))
             .map(|r| r.id)
             .collect();
         let deleting: Vec<i64> = rows
             .iter()
-            .filter(|r| r.deleted_at.is_some())
+            .filter(|r| r.deleted_at.is_some() && deps.iter().any(|d| d.target == r.kind))
             .map(|r| r.id)
             .collect();
         let deps = self

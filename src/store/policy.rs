@@ -19,9 +19,16 @@ impl Store {
         }
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            for (id, revision) in seen {
-                sqlx::query("UPDATE objects SET policed = $1 WHERE id = $2 AND policed < $1")
-                    .bind(revision).bind(id).execute(&mut *tx).await?;
+            for chunk in seen.chunks(500) {
+                let mut q = sqlx::QueryBuilder::new(
+                    "UPDATE objects SET policed = v.column2 FROM (VALUES ");
+                let mut sep = q.separated(", ");
+                for (id, revision) in chunk {
+                    sep.push("(CAST(").push_bind_unseparated(*id).push_unseparated(" AS BIGINT), CAST(")
+                        .push_bind_unseparated(*revision).push_unseparated(" AS BIGINT))");
+                }
+                q.push(") AS v WHERE objects.id = v.column1 AND objects.policed < v.column2");
+                q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             Ok(())
