@@ -389,3 +389,56 @@ async fn dead_letters_can_be_replayed_once_their_model_exists() {
         Delivery::Applied
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_does_not_decode_dead_letters_instead_of_blocking() {
+    let w = World::new(Backend::Sqlite, "undecodable").await;
+    let store = w.engine.store();
+    store
+        .upsert(
+            "Ingestion",
+            "VLA/broken",
+            &serde_json::json!({"written_by": "an older version"}),
+            T0,
+        )
+        .await
+        .unwrap();
+    store
+        .set_status(
+            "Ingestion",
+            "VLA/broken",
+            &serde_json::json!({"request_id": 77}),
+            T0,
+        )
+        .await
+        .unwrap();
+    let event = Event {
+        transport: Transport::Direct,
+        topic: STATUS.into(),
+        routing_key: None,
+        payload: status(77, "Complete", "2026-01-01T00:00:01Z"),
+        headers: vec![],
+        position: "p".into(),
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        deliver(&w.engine, &event, &CancellationToken::new()),
+    )
+    .await
+    .expect("a poison model must not make the consumer retry forever");
+    let Delivery::DeadLettered(id) = outcome else {
+        panic!("{outcome:?}")
+    };
+    let reason = w
+        .engine
+        .store()
+        .dead_letter(id)
+        .await
+        .unwrap()
+        .unwrap()
+        .reason;
+    assert!(
+        reason.contains("the spec of Ingestion VLA/broken is not a valid Ingestion"),
+        "{reason}"
+    );
+}

@@ -4,6 +4,7 @@
 
 mod db;
 mod engine;
+mod events;
 mod report;
 mod scan;
 
@@ -22,7 +23,7 @@ pub struct BenchArgs {
     /// Print the figures as JSON (`[{name, value, baseline, ratio, goal, unit}]`).
     #[arg(long)]
     pub json: bool,
-    /// Only these scenarios: reconcile, dirty, scan, memory.
+    /// Only these scenarios: reconcile, dirty, scan, memory, events.
     #[arg(long = "only", value_name = "SCENARIO")]
     pub only: Vec<String>,
     /// Objects in the reconcile scenario (default 100000; --quick 10000).
@@ -41,6 +42,15 @@ pub struct BenchArgs {
         env = "THALAMUS_BENCH_PG"
     )]
     pub pg_url: String,
+    /// Status messages in the events scenario (default 100000; --quick 10000).
+    #[arg(long)]
+    pub messages: Option<usize>,
+    /// Kafka broker for the events scenario.
+    #[arg(long, default_value = "127.0.0.1:19092")]
+    pub kafka: String,
+    /// AMQP broker for the events scenario.
+    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    pub amqp: String,
     /// Skip PostgreSQL (SQLite only).
     #[arg(long)]
     pub no_postgres: bool,
@@ -66,8 +76,8 @@ impl BenchArgs {
 /// Runs the selected scenarios and prints the summary table (or JSON).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for s in &args.only {
-        if !["reconcile", "dirty", "scan", "memory"].contains(&s.as_str()) {
-            anyhow::bail!("unknown scenario {s:?}: use reconcile, dirty, scan or memory");
+        if !["reconcile", "dirty", "scan", "memory", "events"].contains(&s.as_str()) {
+            anyhow::bail!("unknown scenario {s:?}: use reconcile, dirty, scan, memory or events");
         }
     }
     let mut figures = Vec::new();
@@ -90,6 +100,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.wants("scan") {
         let n = args.size(args.files, 1_000_000, 50_000);
         figures.extend(scan::scan(&args, n).await?);
+    }
+    if args.wants("events") {
+        let n = args.size(args.messages, 100_000, 10_000);
+        figures.push(events::kafka(&args, n).await?);
+        figures.push(events::amqp(&args, n).await?);
     }
     report::print(&figures, args.json)
 }

@@ -113,28 +113,27 @@ impl StepContext {
     }
 }
 
+/// A stored object does not decode as its kind's type: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Undecodable(pub String);
+
 /// Decodes a stored row into a typed object, naming the kind and key on failure.
 pub(crate) fn typed<M: Model>(row: &ObjectRow) -> anyhow::Result<Obj<M>> {
-    let spec = serde_json::from_str(&row.spec).with_context(|| {
-        format!(
-            "the spec of {} {} is not a valid {}",
+    let undecodable = |what: &str, e: serde_json::Error| {
+        anyhow::Error::new(Undecodable(format!(
+            "the {what} of {} {} is not a valid {}: {e}",
             row.kind,
             row.key,
             M::KIND
-        )
-    })?;
+        )))
+    };
+    let spec = serde_json::from_str(&row.spec).map_err(|e| undecodable("spec", e))?;
     // A new object's status is `{}`: "nothing observed yet", which is the default status.
     let status = if row.status == "{}" {
         M::Status::default()
     } else {
-        serde_json::from_str(&row.status).with_context(|| {
-            format!(
-                "the status of {} {} is not a valid {} status",
-                row.kind,
-                row.key,
-                M::KIND
-            )
-        })?
+        serde_json::from_str(&row.status).map_err(|e| undecodable("status", e))?
     };
     Ok(Obj {
         key: row.key.clone(),

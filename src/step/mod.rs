@@ -7,7 +7,7 @@ mod model;
 mod registry;
 mod traits;
 
-pub use context::{Models, StepContext};
+pub use context::{Models, StepContext, Undecodable};
 pub use model::{Model, Obj};
 pub use registry::{Registry, StepModule};
 pub use traits::{

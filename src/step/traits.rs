@@ -176,8 +176,14 @@ pub enum EventError {
 }
 
 impl From<anyhow::Error> for EventError {
+    /// Store failures are transient (the message comes again); a stored model that does not
+    /// decode never will, so that message is rejected rather than retried forever.
     fn from(e: anyhow::Error) -> Self {
-        EventError::Transient(e)
+        if e.downcast_ref::<super::context::Undecodable>().is_some() {
+            EventError::Reject(format!("{e:#}"))
+        } else {
+            EventError::Transient(e)
+        }
     }
 }
 
