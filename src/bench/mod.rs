@@ -5,6 +5,7 @@
 mod db;
 mod engine;
 mod events;
+mod latency;
 mod report;
 mod scan;
 
@@ -23,7 +24,7 @@ pub struct BenchArgs {
     /// Print the figures as JSON (`[{name, value, baseline, ratio, goal, unit}]`).
     #[arg(long)]
     pub json: bool,
-    /// Only these scenarios: reconcile, dirty, scan, memory, events.
+    /// Only these scenarios: reconcile, dirty, scan, memory, events, latency.
     #[arg(long = "only", value_name = "SCENARIO")]
     pub only: Vec<String>,
     /// Objects in the reconcile scenario (default 100000; --quick 10000).
@@ -76,8 +77,10 @@ impl BenchArgs {
 /// Runs the selected scenarios and prints the summary table (or JSON).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     for s in &args.only {
-        if !["reconcile", "dirty", "scan", "memory", "events"].contains(&s.as_str()) {
-            anyhow::bail!("unknown scenario {s:?}: use reconcile, dirty, scan, memory or events");
+        if !["reconcile", "dirty", "scan", "memory", "events", "latency"].contains(&s.as_str()) {
+            anyhow::bail!(
+                "unknown scenario {s:?}: use reconcile, dirty, scan, memory, events or latency"
+            );
         }
     }
     let mut figures = Vec::new();
@@ -105,6 +108,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let n = args.size(args.messages, 100_000, 10_000);
         figures.push(events::kafka(&args, n).await?);
         figures.push(events::amqp(&args, n).await?);
+    }
+    if args.wants("latency") {
+        figures.push(latency::latency(&args).await?);
     }
     report::print(&figures, args.json)
 }
