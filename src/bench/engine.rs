@@ -139,12 +139,17 @@ pub async fn dirty_pass(
         let scratch = Scratch::new(backend, &args.scratch(), &args.pg_url).await?;
         scratch.bulk_objects("BenchA", "a", total, None).await?;
         scratch.exec("ANALYZE").await?;
-        scratch.make_dirty(Some(dirty as i64)).await?;
         let engine = engine(&scratch)?;
-        let started = Instant::now();
-        let pass = engine.sync_pass().await?;
-        seconds.push(started.elapsed().as_secs_f64());
-        anyhow::ensure!(pass.synced == dirty, "synced {} of {dirty}", pass.synced);
+        // Best of three passes (made dirty again in between), so warm-up is not measured.
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            scratch.make_dirty(Some(dirty as i64)).await?;
+            let started = Instant::now();
+            let pass = engine.sync_pass().await?;
+            best = best.min(started.elapsed().as_secs_f64());
+            anyhow::ensure!(pass.synced == dirty, "synced {} of {dirty}", pass.synced);
+        }
+        seconds.push(best);
         if total == n {
             // Every model changed since policies last looked: the policy pass pages through all.
             scratch.exec("UPDATE objects SET policed = 0").await?;

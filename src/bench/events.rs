@@ -24,12 +24,11 @@ use crate::engine::Engine;
 use crate::graph::DepGraph;
 use crate::step::Registry;
 
-/// Requests the messages are spread over (each gets N / REQUESTS newer states).
-const REQUESTS: usize = 1000;
-
+/// Message `i` is the first status of request `i + 1`, so every one applies whatever order
+/// the partitions deliver them in.
 fn message(i: usize) -> Vec<u8> {
-    let id = (i % REQUESTS) + 1;
-    let secs = i / REQUESTS;
+    let id = i + 1;
+    let secs = i % 86_400;
     format!(
         r#"{{"type":"capability-status","capability_request_id":{id},"state":"Executing","message":"step {secs}","timestamp":"2026-01-01T{:02}:{:02}:{:02}Z"}}"#,
         secs / 3600 % 24,
@@ -39,11 +38,15 @@ fn message(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn world(args: &BenchArgs, events: EventsSettings) -> anyhow::Result<(Scratch, Engine)> {
+async fn world(
+    args: &BenchArgs,
+    events: EventsSettings,
+    requests: usize,
+) -> anyhow::Result<(Scratch, Engine)> {
     let scratch = Scratch::new(Backend::Sqlite, &args.scratch(), &args.pg_url).await?;
     scratch
         .exec(&format!(
-            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {REQUESTS}) \
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {requests}) \
              INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, policed, created_at, updated_at) \
              SELECT 'Ingestion', 'VLA/obs' || g, \
              '{{\"instrument\":\"VLA\",\"name\":\"obs' || g || '\",\"observation\":\"VLA/obs' || g || '\",\"observation_generation\":1,\"product\":\"sdm\"}}', \
@@ -123,7 +126,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     events
         .aliases
         .insert(topic, crate::steps::events::STATUS_TOPIC.into());
-    let (scratch, engine) = world(args, events.clone()).await?;
+    let (scratch, engine) = world(args, events.clone(), n).await?;
     let source = KafkaSource::connect(&events, engine.event_metrics()).await?;
     let shutdown = CancellationToken::new();
     let first = source.recv().await?;
@@ -206,7 +209,7 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     conn.close(200, "done".into()).await?;
 
     publish().await?;
-    let (scratch, engine) = world(args, events.clone()).await?;
+    let (scratch, engine) = world(args, events.clone(), n).await?;
     let shutdown = CancellationToken::new();
     let mut session = AmqpSession::connect(&events).await?;
     let metrics = engine.event_metrics();
