@@ -75,7 +75,9 @@ impl KafkaSource {
                 settings.session_timeout_ms.to_string(),
             )
             .set("statistics.interval.ms", "5000")
-            .set("enable.partition.eof", "false");
+            .set("enable.partition.eof", "false")
+            // After a broker restart a topic may come back later: look for it every 10 s.
+            .set("topic.metadata.refresh.interval.ms", "10000");
         if settings.create_topics {
             let admin: AdminClient<_> =
                 config.create().context("creating the Kafka admin client")?;

@@ -20,14 +20,15 @@ impl Store {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             for chunk in seen.chunks(500) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE objects SET policed = v.column2 FROM (VALUES ");
+                // A CTE with a keyed lookup: SQLite runs `UPDATE … FROM (VALUES …)` as a scan.
+                let mut q = sqlx::QueryBuilder::new("WITH v (id, rev) AS (VALUES ");
                 let mut sep = q.separated(", ");
                 for (id, revision) in chunk {
                     sep.push("(CAST(").push_bind_unseparated(*id).push_unseparated(" AS BIGINT), CAST(")
                         .push_bind_unseparated(*revision).push_unseparated(" AS BIGINT))");
                 }
-                q.push(") AS v WHERE objects.id = v.column1 AND objects.policed < v.column2");
+                q.push(") UPDATE objects SET policed = (SELECT v.rev FROM v WHERE v.id = objects.id) \
+                        WHERE id IN (SELECT v.id FROM v) AND policed < (SELECT v.rev FROM v WHERE v.id = objects.id)");
                 q.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;

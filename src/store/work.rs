@@ -267,32 +267,33 @@ impl Store {
             for r in single {
                 settle_one!(tx, holder, now, r);
             }
-            for chunk in bulk.chunks(500) {
-                let mut q = sqlx::QueryBuilder::new(
-                    "UPDATE objects SET enacted = CASE WHEN v.column2 > objects.enacted THEN v.column2 ELSE objects.enacted END, \
-                     backend_code = 1, backend_status = 'synced generation ' || v.column2, attempts = 0, \
-                     waiting_on = NULL, last_error = NULL, need_delete = TRUE, lease_holder = NULL, lease_until = NULL, \
-                     next_attempt_at = CASE WHEN objects.generation > v.column2 THEN objects.next_attempt_at ELSE NULL END, \
-                     last_success_at = ");
-                q.push_bind(now).push(", updated_at = ").push_bind(now).push(" FROM (VALUES ");
-                let mut sep = q.separated(", ");
-                for r in chunk {
-                    sep.push("(CAST(").push_bind_unseparated(r.id).push_unseparated(" AS BIGINT), CAST(")
-                        .push_bind_unseparated(r.generation).push_unseparated(" AS BIGINT))");
+            // Grouped by generation (usually one or two groups), each an id list: SQLite runs
+            // `UPDATE … FROM (VALUES …)` as a scan on large tables, an `IN` list by key.
+            let mut by_generation: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
+            for r in &bulk {
+                by_generation.entry(r.generation).or_default().push(r.id);
+            }
+            for (generation, ids) in &by_generation {
+                for chunk in ids.chunks(500) {
+                    let mut q = sqlx::QueryBuilder::new("UPDATE objects SET enacted = CASE WHEN ");
+                    q.push_bind(*generation).push(" > enacted THEN ").push_bind(*generation)
+                        .push(" ELSE enacted END, backend_status = ").push_bind(synced_message(*generation))
+                        .push(", next_attempt_at = CASE WHEN generation > ").push_bind(*generation)
+                        .push(" THEN next_attempt_at ELSE NULL END, backend_code = 1, attempts = 0, waiting_on = NULL, \
+                               last_error = NULL, need_delete = TRUE, lease_holder = NULL, lease_until = NULL, last_success_at = ")
+                        .push_bind(now).push(", updated_at = ").push_bind(now).push(" WHERE lease_holder = ")
+                        .push_bind(holder).push(" AND id IN (");
+                    push_ids(&mut q, chunk);
+                    q.build().execute(&mut *tx).await?;
+                    // Wake the dependents that were waiting on any of these.
+                    let mut q = sqlx::QueryBuilder::new("UPDATE objects SET next_attempt_at = ");
+                    q.push_bind(now).push(
+                        " WHERE waiting_on IS NOT NULL AND deleted_at IS NULL AND id IN (SELECT l.src_id FROM links l \
+                         JOIN objects p ON p.kind = l.dst_kind AND p.key = l.dst_key WHERE p.id IN (");
+                    push_ids(&mut q, chunk);
+                    q.push(")");
+                    q.build().execute(&mut *tx).await?;
                 }
-                q.push(") AS v WHERE objects.id = v.column1 AND objects.lease_holder = ").push_bind(holder);
-                q.build().execute(&mut *tx).await?;
-                // Wake the dependents that were waiting on any of these.
-                let mut q = sqlx::QueryBuilder::new("UPDATE objects SET next_attempt_at = ");
-                q.push_bind(now).push(
-                    " WHERE waiting_on IS NOT NULL AND deleted_at IS NULL AND id IN (SELECT l.src_id FROM links l \
-                     JOIN objects p ON p.kind = l.dst_kind AND p.key = l.dst_key WHERE p.id IN (");
-                let mut sep = q.separated(", ");
-                for r in chunk {
-                    sep.push_bind(r.id);
-                }
-                q.push("))");
-                q.build().execute(&mut *tx).await?;
             }
             let executions: Vec<&NewExecution> = records.iter().filter_map(|r| r.execution.as_ref()).collect();
             insert_executions!(tx, executions);
