@@ -25,7 +25,11 @@ pub struct DirectorySource {
     interval: Duration,
     settler: Arc<Mutex<Settler>>,
     extra: Arc<ExtraFiles>,
-    hint: Hint,
+    /// Directories to watch for the inotify hint.
+    watch: Vec<PathBuf>,
+    /// The hint, set up by the first poll that finds every watched directory (so commands
+    /// that only build the registry watch nothing, and a directory mounted later still gets one).
+    hint: Mutex<Option<Arc<Hint>>>,
     /// When the soonest pending dataset may settle, so the next poll comes right then.
     next_deadline: Mutex<Option<Duration>>,
     /// Whether the last poll found the root missing (warn once, not every poll).
@@ -50,12 +54,12 @@ impl DirectorySource {
         layout: Layout,
         extra: Arc<ExtraFiles>,
     ) -> Self {
-        let watch: Vec<&Path> = layout.watch.iter().map(PathBuf::as_path).collect();
         Self {
             name,
             instrument,
             product,
-            hint: Hint::watch(&watch),
+            watch: layout.watch,
+            hint: Mutex::new(None),
             marker: layout.marker,
             interval: Duration::from_secs(layout.poll_seconds),
             settler: Arc::new(Mutex::new(Settler::new(Duration::from_secs(
@@ -65,6 +69,15 @@ impl DirectorySource {
             next_deadline: Mutex::new(None),
             root_missing: Mutex::new(false),
             root: layout.root,
+        }
+    }
+
+    /// Starts the inotify hint once every watched directory exists.
+    fn ensure_hint(&self) {
+        let mut hint = self.hint.lock().unwrap_or_else(|p| p.into_inner());
+        if hint.is_none() && self.watch.iter().all(|d| d.is_dir()) {
+            let dirs: Vec<&Path> = self.watch.iter().map(PathBuf::as_path).collect();
+            *hint = Some(Arc::new(Hint::watch(&dirs)));
         }
     }
 
@@ -102,6 +115,7 @@ impl PullStep for DirectorySource {
     }
 
     async fn pull(&self, models: &Models) -> anyhow::Result<PullReport> {
+        self.ensure_hint();
         let now = models.now_ms();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<DatasetScan>(BATCH);
         let (root, marker, settler, extra) = (
@@ -160,14 +174,21 @@ impl PullStep for DirectorySource {
 
     async fn changed(&self) {
         let deadline = *self.next_deadline.lock().unwrap_or_else(|p| p.into_inner());
+        let hint = self.hint.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let hinted = async {
+            match &hint {
+                Some(h) => h.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         match deadline {
             Some(after) => {
                 tokio::select! {
-                    _ = self.hint.changed() => {}
+                    _ = hinted => {}
                     _ = tokio::time::sleep(after + Duration::from_millis(10)) => {}
                 }
             }
-            None => self.hint.changed().await,
+            None => hinted.await,
         }
     }
 }

@@ -13,6 +13,7 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The name used in figure labels.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",

@@ -41,6 +41,7 @@ pub(super) struct Node {
 }
 
 impl Node {
+    /// A node for a claimed row, its job read from the deletion columns.
     pub fn new(row: ObjectRow) -> Self {
         let job = match (row.deleted_at, row.need_delete) {
             (None, _) => Job::Sync,
@@ -71,6 +72,7 @@ pub(super) struct Round<'e> {
 }
 
 impl<'e> Round<'e> {
+    /// A round over the claimed nodes, nothing settled yet.
     pub fn new(engine: &'e Engine, nodes: Vec<Node>) -> Self {
         Self {
             engine,
