@@ -104,35 +104,10 @@ impl EventStep for RequestStatusFeed {
             )));
         }
         let mut changed = Vec::new();
-        let mut matched = 0;
-        for mut obj in models.with_request_id::<Ingestion>(id).await? {
-            matched += 1;
-            if apply(&mut obj.status.request, &msg)
-                && models
-                    .set_status::<Ingestion>(&obj.key, &obj.status)
-                    .await?
-            {
-                models.resync::<Ingestion>(&obj.key).await?;
-                changed.push(format!(
-                    "Ingestion {} request {id} is {}",
-                    obj.key, msg.state
-                ));
-            }
-        }
-        for mut obj in models.with_request_id::<Calibration>(id).await? {
-            matched += 1;
-            if apply(&mut obj.status.request, &msg)
-                && models
-                    .set_status::<Calibration>(&obj.key, &obj.status)
-                    .await?
-            {
-                models.resync::<Calibration>(&obj.key).await?;
-                changed.push(format!(
-                    "Calibration {} request {id} is {}",
-                    obj.key, msg.state
-                ));
-            }
-        }
+        let mut matched =
+            apply_to::<Ingestion>(models, id, &msg, |s| &mut s.request, &mut changed).await?;
+        matched +=
+            apply_to::<Calibration>(models, id, &msg, |s| &mut s.request, &mut changed).await?;
         match (matched, changed.is_empty()) {
             (0, _) => Err(EventError::Reject(format!(
                 "no Ingestion or Calibration has request {id}"
@@ -144,6 +119,33 @@ impl EventStep for RequestStatusFeed {
             (_, false) => Ok(EventOutcome::Applied(changed.join("; "))),
         }
     }
+}
+
+/// Applies a status message to every `M` that made request `id`, re-syncing those it changed
+/// (described in `changed`); returns how many matched.
+async fn apply_to<M: Model>(
+    models: &Models,
+    id: i64,
+    msg: &StatusMessage,
+    request: fn(&mut M::Status) -> &mut RequestStatus,
+    changed: &mut Vec<String>,
+) -> anyhow::Result<usize> {
+    let objects = models.with_request_id::<M>(id).await?;
+    let matched = objects.len();
+    for mut obj in objects {
+        if apply(request(&mut obj.status), msg)
+            && models.set_status::<M>(&obj.key, &obj.status).await?
+        {
+            models.resync::<M>(&obj.key).await?;
+            changed.push(format!(
+                "{} {} request {id} is {}",
+                M::KIND,
+                obj.key,
+                msg.state
+            ));
+        }
+    }
+    Ok(matched)
 }
 
 /// `{"application": "ingestion", "type": "ingestion-complete", "instrument", "name", …}`.
