@@ -13,7 +13,7 @@ use thalamus::clock::ManualClock;
 use thalamus::engine::Engine;
 use thalamus::graph::DepGraph;
 use thalamus::step::prelude::*;
-use thalamus::steps::models::{Calibration, Ingestion, Instrument, Observation, Product};
+use thalamus::steps::models::{Calibration, Ingestion};
 use tokio_util::sync::CancellationToken;
 
 const DEPS: &str = r#"{ "Ingestion":   [["Observation", "observation", "ingestions"]],
@@ -92,15 +92,7 @@ impl World {
     /// Observations `VLA/obs<n>` whose ingestions are now Executing request n.
     async fn executing(&self, ns: impl IntoIterator<Item = i64>) {
         for n in ns {
-            let obs = Observation {
-                instrument: Instrument::VLA,
-                product: Product::Sdm,
-                name: format!("obs{n}"),
-                location: format!("/data/obs{n}"),
-                files: vec![],
-                requested_at: None,
-                not_calibratable: None,
-            };
+            let obs = common::archive::observation(n);
             self.engine.models().upsert(&obs.key(), &obs).await.unwrap();
         }
         self.engine.run_once().await.unwrap();

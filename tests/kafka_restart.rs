@@ -8,40 +8,15 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 
+use common::archive::*;
 use common::brokers::*;
-use common::{Backend, TestDb, T0};
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use common::{Backend, TestDb};
 use thalamus::bus::KafkaSource;
-use thalamus::clock::ManualClock;
-use thalamus::engine::Engine;
-use thalamus::graph::DepGraph;
-use thalamus::step::prelude::*;
-use thalamus::steps::models::{Ingestion, Instrument, Observation, Product};
 
 /// This test's own broker, so restarting it disturbs no other test.
 const BROKER: &str = "127.0.0.1:19094";
 const S3: &str = "127.0.0.1:19000";
-
-/// Ingestions complete only when the archive says so.
-struct WaitForArchive;
-
-#[async_trait]
-impl SyncStep for WaitForArchive {
-    type Model = Ingestion;
-    async fn sync(&self, obj: &mut Obj<Ingestion>, _ctx: &StepContext) -> StepResult {
-        if obj.status.completed(obj.generation) {
-            Ok(Progress::Done)
-        } else {
-            Ok(Progress::deferred(
-                Duration::from_secs(600),
-                "waiting for the archive",
-            ))
-        }
-    }
-}
 
 fn ci_script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci").join(name)
@@ -103,28 +78,6 @@ fn listening(addr: &str) -> bool {
     std::net::TcpStream::connect(addr).is_ok()
 }
 
-/// Produces messages to one topic of this test's broker, in order, each acknowledged.
-async fn produce(topic: &str, payloads: &[Vec<u8>]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", BROKER)
-        .create()
-        .unwrap();
-    for p in payloads {
-        producer
-            .send(
-                FutureRecord::<(), _>::to(topic).payload(p),
-                std::time::Duration::from_secs(30),
-            )
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-}
-
-fn complete(n: usize) -> Vec<u8> {
-    format!(r#"{{"application":"ingestion","type":"ingestion-complete","instrument":"VLA","name":"obs{n}"}}"#).into_bytes()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_restart_loses_nothing() {
     // moto keeps the bucket in memory: it must stay up across the broker restart.
@@ -137,54 +90,23 @@ async fn kafka_restart_loses_nothing() {
     start_tansu();
 
     let db = TestDb::new(Backend::Sqlite).await;
-    let mut s = common::settings(&db.url);
-    s.events = events("kafka-restart");
-    s.events.kafka.brokers = BROKER.into();
-    s.events.amqp.enabled = false;
-    let mut registry = Registry::new();
-    thalamus::steps::models::register(&mut registry, &s).unwrap();
-    thalamus::steps::policies::register(&mut registry, &s).unwrap();
-    thalamus::steps::events::register(&mut registry, &s).unwrap();
-    registry.sync(WaitForArchive).unwrap();
-    let graph = DepGraph::parse(
-        "deps",
-        r#"{"Ingestion": [["Observation", "observation", "ingestions"]]}"#,
-        &registry.sync_kinds(),
-    )
-    .unwrap();
-    let engine = Engine::new(
-        db.store().await,
-        registry,
-        graph,
-        s.clone(),
-        Arc::new(ManualClock::at(T0)),
-    );
-    for n in 0..100 {
-        let obs = Observation {
-            instrument: Instrument::VLA,
-            product: Product::Sdm,
-            name: format!("obs{n}"),
-            location: "/data".into(),
-            files: vec![],
-            requested_at: None,
-            not_calibratable: None,
-        };
-        engine.models().upsert(&obs.key(), &obs).await.unwrap();
-    }
-    engine.run_once().await.unwrap();
+    let mut events = events("kafka-restart");
+    events.kafka.brokers = BROKER.into();
+    events.amqp.enabled = false;
+    let engine = archive_world(&db, events.clone(), 100).await;
     // Create the topics before producing.
     drop(
-        KafkaSource::connect(&s.events, engine.event_metrics())
+        KafkaSource::connect(&events, engine.event_metrics())
             .await
             .unwrap(),
     );
-    let topic = actual(&s.events, ARCHIVE);
+    let topic = actual(&events, ARCHIVE);
     let run = {
         let e = engine.clone();
         tokio::spawn(async move { e.run().await.unwrap() })
     };
     let metrics = engine.event_metrics();
-    produce(&topic, &(0..50).map(complete).collect::<Vec<_>>()).await;
+    produce_kafka_to(BROKER, &topic, &(0..50).map(complete).collect::<Vec<_>>()).await;
     eventually("the first half", || async {
         metrics.snapshot().applied == 50
     })
@@ -193,19 +115,13 @@ async fn kafka_restart_loses_nothing() {
     // Kill the broker hard, then bring it back on the same storage.
     kill(&tansu_pid(), "-9");
     start_tansu();
-    produce(&topic, &(50..100).map(complete).collect::<Vec<_>>()).await;
+    produce_kafka_to(BROKER, &topic, &(50..100).map(complete).collect::<Vec<_>>()).await;
     eventually("the second half after the restart", || async {
         metrics.snapshot().applied == 100
     })
     .await;
     eventually("every ingestion enacted", || async {
-        let filter = thalamus::store::ListFilter {
-            kind: "Ingestion".into(),
-            keys: vec![],
-            state: Some(thalamus::store::State::Ok),
-            limit: 1000,
-        };
-        engine.store().list(&filter).await.unwrap().len() == 100
+        ingestions_ok(&engine).await == 100
     })
     .await;
     engine.shutdown_token().cancel();

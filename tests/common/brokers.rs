@@ -119,17 +119,22 @@ pub async fn cleanup_amqp(e: &EventsSettings) {
     }
 }
 
-/// Produces messages to one Kafka topic, in order.
+/// Produces messages to one Kafka topic of the shared broker, in order.
 pub async fn produce_kafka(topic: &str, payloads: &[Vec<u8>]) {
+    produce_kafka_to(KAFKA, topic, payloads).await
+}
+
+/// Produces messages to one topic of the broker at `brokers`, in order, each acknowledged.
+pub async fn produce_kafka_to(brokers: &str, topic: &str, payloads: &[Vec<u8>]) {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", KAFKA)
+        .set("bootstrap.servers", brokers)
         .create()
         .unwrap();
     for p in payloads {
         producer
             .send(
                 FutureRecord::<(), _>::to(topic).payload(p),
-                std::time::Duration::from_secs(10),
+                std::time::Duration::from_secs(30),
             )
             .await
             .map_err(|(e, _)| e)

@@ -2,6 +2,7 @@
 //! models and steps that record what ran, and an engine on a manual clock.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod brokers;
 pub mod steps;
 pub mod workspaces_stub;
