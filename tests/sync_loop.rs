@@ -23,16 +23,17 @@ async fn state(h: &Harness, kind: &str, key: &str) -> State {
 async fn chain(h: &Harness, p: &str, c: &str, g: &str) {
     let m = h.models();
     m.upsert(g, &Grandchild { child: c.into() }).await.unwrap();
-    m.upsert(
-        c,
-        &Child {
-            parent: p.into(),
-            value: 1,
-        },
-    )
-    .await
-    .unwrap();
+    child(h, c, p).await;
     m.upsert(p, &Parent { value: 1 }).await.unwrap();
+}
+
+/// Upserts Child `key` linked to Parent `parent`.
+async fn child(h: &Harness, key: &str, parent: &str) {
+    let spec = Child {
+        parent: parent.into(),
+        value: 1,
+    };
+    h.models().upsert(key, &spec).await.unwrap();
 }
 
 async fn runs_parents_before_children(backend: Backend) {
@@ -201,16 +202,7 @@ async fn deferred_requeues_without_counting_failure(backend: Backend) {
     h.script
         .set("p", Act::DeferTimes(2, Duration::from_secs(30)));
     h.models().upsert("p", &Parent { value: 1 }).await.unwrap();
-    h.models()
-        .upsert(
-            "c",
-            &Child {
-                parent: "p".into(),
-                value: 1,
-            },
-        )
-        .await
-        .unwrap();
+    child(&h, "c", "p").await;
     let r = h.engine.run_once().await.unwrap();
     assert_eq!((r.sync.deferred, r.sync.waiting), (1, 1));
     let row = h.row("Parent", "p").await;
@@ -302,16 +294,7 @@ async fn only_true_dependents_wait(backend: Backend) {
 
 async fn missing_parent_is_waited_for(backend: Backend) {
     let h = Harness::new(backend).await;
-    h.models()
-        .upsert(
-            "orphan",
-            &Child {
-                parent: "later".into(),
-                value: 1,
-            },
-        )
-        .await
-        .unwrap();
+    child(&h, "orphan", "later").await;
     h.engine.run_once().await.unwrap();
     assert_eq!(
         h.row("Child", "orphan").await.waiting_on.as_deref(),
@@ -376,16 +359,7 @@ async fn delete_runs_dependents_first_then_reaps(backend: Backend) {
 async fn failing_delete_keeps_parent(backend: Backend) {
     let h = Harness::new(backend).await;
     h.models().upsert("p", &Parent { value: 1 }).await.unwrap();
-    h.models()
-        .upsert(
-            "c",
-            &Child {
-                parent: "p".into(),
-                value: 1,
-            },
-        )
-        .await
-        .unwrap();
+    child(&h, "c", "p").await;
     h.engine.run_once().await.unwrap();
     h.script.set("c", Act::FailTimes(1));
     h.store()
