@@ -2,7 +2,7 @@
 //! ingestion-complete, written into the models' observed status so the sync loop reacts at
 //! once (its own polling of Workspaces stays the safety net when a message is lost).
 
-use super::models::{Calibration, Ingestion, RequestStatus};
+use super::models::{Calibration, Ingestion};
 use crate::step::prelude::*;
 
 /// The status exchange/topic Workspaces publishes to.

@@ -27,7 +27,8 @@ pub mod prelude {
     pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, Settler};
     pub use crate::store::Change;
     pub use crate::workspaces::{
-        configured, ArchiveClient, CalibrationTargets, IngestionTargets, Target, WorkspacesClient,
+        configured, ArchiveClient, CalibrationTargets, IngestionTargets, RequestStatus, Target,
+        WorkspacesClient,
     };
     pub use anyhow::{anyhow, bail, Context as _};
     pub use async_trait::async_trait;

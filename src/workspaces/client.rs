@@ -10,9 +10,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::http::{CallError, Http};
+use super::request::RequestStatus;
 use super::settings::{Target, WorkspacesSettings};
 use crate::step::{Model, Obj, Progress, StepError, StepResult};
-use crate::steps::models::RequestStatus;
 
 /// A capability request or a workflow request, as Workspaces reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

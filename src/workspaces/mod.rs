@@ -6,11 +6,13 @@
 mod archive;
 mod client;
 mod http;
+mod request;
 mod settings;
 
 pub use archive::ArchiveClient;
 pub use client::{configured, WorkspacesClient, WorkspacesRequest};
 pub use http::CallError;
+pub use request::RequestStatus;
 pub use settings::{
     ArchiveSettings, CalibrationTargets, IngestionTargets, Secret, Target, WorkspacesSettings,
 };
