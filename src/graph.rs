@@ -133,6 +133,11 @@ impl DepGraph {
         &self.deps
     }
 
+    /// Whether some kind depends on `kind`: only then can objects wait for one of its objects.
+    pub fn has_dependents(&self, kind: &str) -> bool {
+        self.deps.iter().any(|d| d.target == kind)
+    }
+
     /// Link fields per kind, for the store to index on upsert.
     pub fn link_fields(&self) -> LinkFields {
         let mut out = LinkFields::new();

@@ -135,9 +135,11 @@ impl Scratch {
             .map(|m| format!(" WHERE id <= {m}"))
             .unwrap_or_default();
         self.exec(&format!(
-            "UPDATE objects SET enacted = 0, next_attempt_at = 0, lease_holder = NULL, lease_until = NULL{filter}"
+            "UPDATE objects SET enacted = 0, next_attempt_at = 0{filter}"
         ))
-        .await
+        .await?;
+        self.store.release_all_leases().await?;
+        Ok(())
     }
 
     /// The baseline: `UPDATE … SET enacted = generation` plus one executions row per object,

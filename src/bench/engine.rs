@@ -80,6 +80,9 @@ fn spinner(msg: String) -> ProgressBar {
     bar
 }
 
+/// Trials of each side in the reconcile scenario; the best of each is reported.
+const TRIALS: usize = 3;
+
 /// Objects/s of a full reconcile of `n` objects in 3-level chains vs. the raw batched writes.
 pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
     let bar = spinner(format!("reconcile {n} objects on {}", backend.name()));
@@ -92,25 +95,35 @@ pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::
     scratch
         .bulk_objects("BenchC", "c", chains, Some(("b", "BenchB", "b")))
         .await?;
-    let engine = engine(&scratch)?;
-    scratch.make_dirty(None).await?;
-    let started = Instant::now();
-    let mut synced = 0;
-    loop {
-        let pass = engine.sync_pass().await?;
-        synced += pass.synced;
-        if pass.attempted() == 0 {
-            break;
-        }
+    if backend == Backend::Postgres {
+        // As autovacuum would soon after a bulk load; without statistics the planner may
+        // scan where it should look up.
+        scratch.exec("ANALYZE").await?;
     }
-    let value = synced as f64 / started.elapsed().as_secs_f64();
-    anyhow::ensure!(
-        synced == chains * 3,
-        "reconciled {synced} of {} objects",
-        chains * 3
-    );
-    scratch.make_dirty(None).await?;
-    let baseline = scratch.raw_batched_rate().await?;
+    let engine = engine(&scratch)?;
+    // Best of three trials each, alternating, so a noisy neighbour or a checkpoint in one
+    // trial does not decide the ratio.
+    let (mut value, mut baseline) = (0.0f64, 0.0f64);
+    for _ in 0..TRIALS {
+        scratch.make_dirty(None).await?;
+        let started = Instant::now();
+        let mut synced = 0;
+        loop {
+            let pass = engine.sync_pass().await?;
+            synced += pass.synced;
+            if pass.attempted() == 0 {
+                break;
+            }
+        }
+        value = value.max(synced as f64 / started.elapsed().as_secs_f64());
+        anyhow::ensure!(
+            synced == chains * 3,
+            "reconciled {synced} of {} objects",
+            chains * 3
+        );
+        scratch.make_dirty(None).await?;
+        baseline = baseline.max(scratch.raw_batched_rate().await?);
+    }
     scratch.drop_all().await?;
     bar.finish_and_clear();
     Ok(Figure::new(

@@ -1,11 +1,15 @@
 //! Runs one round of claimed objects as a DAG: a node starts when its in-round prerequisites
 //! have converged, at most `sync.concurrency` at once; outcomes are settled in batches.
 
-use std::collections::{HashMap, VecDeque};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::task::{Id, JoinSet};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt as _, StreamExt as _};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use super::sync::SyncReport;
@@ -31,7 +35,8 @@ pub(super) enum Job {
 
 /// One claimed object in the round's DAG.
 pub(super) struct Node {
-    pub row: ObjectRow,
+    /// Shared with the running step's future, so starting a step copies no strings.
+    pub row: std::sync::Arc<ObjectRow>,
     pub job: Job,
     /// In-round prerequisites not yet converged.
     pub blockers: usize,
@@ -49,7 +54,7 @@ impl Node {
             (Some(_), false) => Job::Reap,
         };
         Self {
-            row,
+            row: std::sync::Arc::new(row),
             job,
             blockers: 0,
             dependents: Vec::new(),
@@ -62,6 +67,11 @@ type TaskOutput = (
     Result<(StepResult, Option<String>), tokio::time::error::Elapsed>,
     i64,
 );
+
+/// A running step: its node, and its output or the payload it panicked with.
+type Running = Pin<
+    Box<dyn std::future::Future<Output = (usize, Result<TaskOutput, Box<dyn Any + Send>>)> + Send>,
+>;
 
 /// The state of one round while it runs.
 pub(super) struct Round<'e> {
@@ -91,8 +101,10 @@ impl<'e> Round<'e> {
         let mut ready: VecDeque<usize> = (0..self.nodes.len())
             .filter(|&i| !self.nodes[i].settled && self.nodes[i].blockers == 0)
             .collect();
-        let mut tasks: JoinSet<TaskOutput> = JoinSet::new();
-        let mut running: HashMap<Id, usize> = HashMap::new();
+        // Steps run as futures of this task, not spawned tasks: a spawn and the wake-ups of
+        // its hand-over cost more than a quick step itself. Steps must not block (see
+        // steps/README.md); a panic is caught and isolated to its object.
+        let mut tasks: FuturesUnordered<Running> = FuturesUnordered::new();
         let concurrency = e.settings.sync.concurrency;
         let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
         tokio::pin!(grace);
@@ -108,20 +120,15 @@ impl<'e> Round<'e> {
                     ready.extend(self.release_dependents(i));
                     continue;
                 }
-                let handle = tasks.spawn(self.start(i));
-                running.insert(handle.id(), i);
+                let step = AssertUnwindSafe(self.start(i)).catch_unwind();
+                tasks.push(Box::pin(step.map(move |output| (i, output))));
             }
             if tasks.is_empty() {
                 break;
             }
             tokio::select! {
-                joined = tasks.join_next_with_id() => {
-                    let Some(joined) = joined else { continue };
-                    let (id, output) = match joined {
-                        Ok((id, output)) => (id, Ok(output)),
-                        Err(err) => (err.id(), Err(err)),
-                    };
-                    let Some(i) = running.remove(&id) else { continue };
+                joined = tasks.next() => {
+                    let Some((i, output)) = joined else { continue };
                     if self.finish(i, output) {
                         ready.extend(self.release_dependents(i));
                     }
@@ -137,8 +144,7 @@ impl<'e> Round<'e> {
                 }
                 _ = &mut grace, if draining => {
                     warn!(abandoned = tasks.len(), "shutdown grace over: abandoning running steps");
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
+                    drop(std::mem::take(&mut tasks));
                     break;
                 }
                 _ = tokio::time::sleep(FLUSH_EVERY), if !self.pending.is_empty() => {
@@ -191,7 +197,7 @@ impl<'e> Round<'e> {
     }
 
     /// Turns a finished task into an outcome; returns whether the node converged.
-    fn finish(&mut self, i: usize, output: Result<TaskOutput, tokio::task::JoinError>) -> bool {
+    fn finish(&mut self, i: usize, output: Result<TaskOutput, Box<dyn Any + Send>>) -> bool {
         let e = self.engine;
         let now = e.clock.now_ms();
         let row = &self.nodes[i].row;
@@ -212,8 +218,8 @@ impl<'e> Round<'e> {
                     started,
                 )
             }
-            Err(err) if err.is_panic() => {
-                let message = panic_message(err.into_panic());
+            Err(payload) => {
+                let message = panic_message(payload);
                 (
                     Err(StepError::Transient(anyhow::anyhow!(
                         "step panicked: {message}"
@@ -222,11 +228,6 @@ impl<'e> Round<'e> {
                     now,
                 )
             }
-            Err(_) => (
-                Err(StepError::Transient(anyhow::anyhow!("step was cancelled"))),
-                None,
-                now,
-            ),
         };
         let (settled, outcome, error) = match result {
             Ok(Progress::Done) if op == "delete" => (Settled::Reaped, "ok", None),
@@ -416,6 +417,7 @@ impl<'e> Round<'e> {
             settled,
             status,
             execution,
+            has_dependents: self.engine.graph.has_dependents(&node.row.kind),
         });
     }
 
@@ -448,7 +450,7 @@ fn cause(row: &ObjectRow) -> String {
     }
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+fn panic_message(payload: Box<dyn Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {

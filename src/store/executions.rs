@@ -39,22 +39,68 @@ pub struct Execution {
     pub error: Option<String>,
 }
 
-/// Inserts executions in multi-row statements inside an open transaction.
-macro_rules! insert_executions {
-    ($tx:ident, $rows:expr) => {
-        for chunk in $rows.chunks(500) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO executions (kind, key, step, generation, cause, holder, started_at, duration_ms, outcome, error) ");
-            q.push_values(chunk.iter(), |mut b, e| {
-                b.push_bind(&e.kind).push_bind(&e.key).push_bind(&e.step).push_bind(e.generation)
-                    .push_bind(&e.cause).push_bind(&e.holder).push_bind(e.started_at)
-                    .push_bind(e.duration_ms).push_bind(&e.outcome).push_bind(&e.error);
-            });
-            q.build().execute(&mut *$tx).await?;
-        }
-    };
+/// Bulk insert of executions on an open connection (in a transaction), the fastest way each
+/// backend has: bound rows on SQLite, one array per column on PostgreSQL (where a thousand
+/// bound rows cost more to bind and plan than to insert).
+pub(crate) trait InsertExecutions {
+    async fn insert_executions(&mut self, rows: &[&NewExecution]) -> Result<()>;
 }
-pub(crate) use insert_executions;
+
+const INSERT: &str = "INSERT INTO executions (kind, key, step, generation, cause, holder, started_at, duration_ms, outcome, error) ";
+
+impl InsertExecutions for sqlx::SqliteConnection {
+    async fn insert_executions(&mut self, rows: &[&NewExecution]) -> Result<()> {
+        // Bound rows: SQLite binds cheaply, and extracting fields from a JSON parameter was
+        // slower here. 1000 rows × 10 values stays under SQLite's 32766 parameters.
+        for chunk in rows.chunks(1000) {
+            let mut q = sqlx::QueryBuilder::new(INSERT);
+            q.push_values(chunk.iter(), |mut b, e| {
+                b.push_bind(&e.kind)
+                    .push_bind(&e.key)
+                    .push_bind(&e.step)
+                    .push_bind(e.generation)
+                    .push_bind(&e.cause)
+                    .push_bind(&e.holder)
+                    .push_bind(e.started_at)
+                    .push_bind(e.duration_ms)
+                    .push_bind(&e.outcome)
+                    .push_bind(&e.error);
+            });
+            q.build().execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl InsertExecutions for sqlx::PgConnection {
+    async fn insert_executions(&mut self, rows: &[&NewExecution]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let text = |f: fn(&NewExecution) -> &String| {
+            rows.iter().map(|e| f(e).as_str()).collect::<Vec<_>>()
+        };
+        let int = |f: fn(&NewExecution) -> i64| rows.iter().map(|e| f(e)).collect::<Vec<_>>();
+        let sql = format!(
+            "{INSERT}SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::TEXT[], \
+             $6::TEXT[], $7::BIGINT[], $8::BIGINT[], $9::TEXT[], $10::TEXT[])"
+        );
+        sqlx::query(&sql)
+            .bind(text(|e| &e.kind))
+            .bind(text(|e| &e.key))
+            .bind(text(|e| &e.step))
+            .bind(int(|e| e.generation))
+            .bind(text(|e| &e.cause))
+            .bind(text(|e| &e.holder))
+            .bind(int(|e| e.started_at))
+            .bind(int(|e| e.duration_ms))
+            .bind(text(|e| &e.outcome))
+            .bind(rows.iter().map(|e| e.error.as_deref()).collect::<Vec<_>>())
+            .execute(self)
+            .await?;
+        Ok(())
+    }
+}
 
 impl Store {
     /// Records attempts that are not part of a sync outcome (policies, events, pulls).
@@ -64,7 +110,8 @@ impl Store {
         }
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
-            insert_executions!(tx, rows);
+            let rows: Vec<&NewExecution> = rows.iter().collect();
+            tx.insert_executions(&rows).await?;
             tx.commit().await?;
             Ok(())
         })

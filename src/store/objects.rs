@@ -8,7 +8,7 @@ use serde_json::Value;
 use super::{with_pool, BeginWrite, Result, Store, StoreError};
 
 /// One object as stored, every column; steps see it through typed wrappers.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Deserialize, sqlx::FromRow)]
 pub struct ObjectRow {
     pub id: i64,
     pub kind: String,
@@ -36,6 +36,15 @@ pub struct ObjectRow {
 pub(crate) const OBJECT_COLUMNS: &str = "id, kind, key, spec, status, generation, enacted, \
     revision, policed, backend_code, backend_status, attempts, next_attempt_at, waiting_on, \
     last_error, last_success_at, created_at, updated_at, deleted_at, need_delete";
+
+/// [`OBJECT_COLUMNS`] as SQLite JSON values, for `json_array(…)`: the row decodes from the
+/// array by position (`need_delete` is stored as 0/1 and must read as a JSON boolean).
+pub(crate) fn object_json_columns() -> String {
+    OBJECT_COLUMNS.replace(
+        "need_delete",
+        "json(CASE WHEN need_delete THEN 'true' ELSE 'false' END)",
+    )
+}
 
 /// What an upsert did, so pull steps can log and count real changes only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

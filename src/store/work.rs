@@ -1,9 +1,9 @@
 //! The sync loop's side of the store: claiming due work under a lease, reading the state of
 //! dependencies, and settling many outcomes in one transaction.
 
-use super::executions::{insert_executions, NewExecution};
+use super::executions::{InsertExecutions as _, NewExecution};
 use super::objects::{ObjectRow, OBJECT_COLUMNS};
-use super::{with_pool, BeginWrite, Db, Result, Store};
+use super::{with_pool, BeginWrite, Db, Result, Store, StoreError};
 
 /// A claimed object: the row as it was when the lease was taken.
 pub type Claimed = ObjectRow;
@@ -35,7 +35,7 @@ pub struct Dependency {
     pub state: DependencyState,
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(serde::Deserialize, sqlx::FromRow)]
 struct DepRow {
     of: i64,
     kind: String,
@@ -105,11 +105,13 @@ pub struct OutcomeRecord {
     /// The status the step read, and the one it left, when it changed it.
     pub status: Option<(String, String)>,
     pub execution: Option<NewExecution>,
+    /// Whether other kinds link to this one, so its convergence may wake waiting dependents.
+    pub has_dependents: bool,
 }
 
 /// Writes one outcome inside an open transaction (see [`Store::settle`]).
 macro_rules! settle_one {
-    ($tx:ident, $holder:expr, $now:expr, $r:expr) => {{
+    ($tx:ident, $holder:expr, $now:expr, $r:expr, $guard:expr) => {{
         let r: &OutcomeRecord = $r;
         let (old_status, new_status) = match &r.status {
             Some((old, new)) => (Some(old.as_str()), Some(new.as_str())),
@@ -118,30 +120,31 @@ macro_rules! settle_one {
         // Status is compare-and-set: if an event rewrote it during the step, the event wins.
         const STATUS: &str = "status = CASE WHEN $3 IS NOT NULL AND status = $3 THEN $4 ELSE status END, \
             revision = revision + CASE WHEN $3 IS NOT NULL AND status = $3 THEN 1 ELSE 0 END, \
-            lease_holder = NULL, lease_until = NULL, updated_at = $5";
-        const WHERE: &str = "WHERE id = $1 AND lease_holder = $2";
+            updated_at = $5";
+        let guard: &str = $guard;
+        let where_ = format!("WHERE id = $1 {guard}");
         let sql = match &r.settled {
             Settled::Synced { .. } => format!(
                 "UPDATE objects SET {STATUS}, enacted = CASE WHEN $6 > enacted THEN $6 ELSE enacted END, \
                  backend_code = 1, backend_status = $7, attempts = 0, waiting_on = NULL, last_error = NULL, \
                  last_success_at = $5, need_delete = TRUE, \
-                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE NULL END {WHERE}"),
+                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE NULL END {where_}"),
             Settled::Deferred { .. } => format!(
                 "UPDATE objects SET {STATUS}, backend_code = 0, backend_status = $7, waiting_on = NULL, \
-                 need_delete = TRUE, next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {WHERE}"),
+                 need_delete = TRUE, next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {where_}"),
             Settled::Failed { .. } => format!(
                 "UPDATE objects SET {STATUS}, backend_code = 2, backend_status = $7, last_error = $7, \
                  waiting_on = NULL, need_delete = TRUE, \
                  attempts = CASE WHEN generation > $6 THEN attempts ELSE $9 END, \
-                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {WHERE}"),
+                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {where_}"),
             Settled::Permanent { .. } => format!(
                 "UPDATE objects SET {STATUS}, backend_code = 2, backend_status = $7, last_error = $7, \
                  waiting_on = NULL, need_delete = TRUE, \
-                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE NULL END {WHERE}"),
+                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE NULL END {where_}"),
             Settled::Waiting { .. } => format!(
                 "UPDATE objects SET {STATUS}, backend_status = $7, waiting_on = $7, \
-                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {WHERE}"),
-            Settled::Reaped | Settled::Released => format!("UPDATE objects SET {STATUS} {WHERE}"),
+                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {where_}"),
+            Settled::Reaped | Settled::Released => format!("UPDATE objects SET {STATUS} {where_}"),
         };
         let (message, until, attempts): (&str, i64, i32) = match &r.settled {
             Settled::Synced { message } => (message, 0, 0),
@@ -157,7 +160,7 @@ macro_rules! settle_one {
                 "UPDATE objects SET next_attempt_at = $1 WHERE waiting_on IS NOT NULL AND deleted_at IS NOT NULL \
                  AND EXISTS (SELECT 1 FROM links l WHERE l.src_id = $2 AND l.dst_kind = objects.kind AND l.dst_key = objects.key)")
                 .bind($now).bind(r.id).execute(&mut *$tx).await?;
-            sqlx::query("DELETE FROM objects WHERE id = $1 AND lease_holder = $2 AND deleted_at IS NOT NULL")
+            sqlx::query(&format!("DELETE FROM objects WHERE id = $1 AND deleted_at IS NOT NULL {guard}"))
                 .bind(r.id).bind($holder).execute(&mut *$tx).await?;
         }
         let mut q = sqlx::query(&sql).bind(r.id).bind($holder).bind(old_status).bind(new_status).bind($now);
@@ -171,7 +174,7 @@ macro_rules! settle_one {
             }
         }
         q.execute(&mut *$tx).await?;
-        if matches!(r.settled, Settled::Synced { .. }) {
+        if r.has_dependents && matches!(r.settled, Settled::Synced { .. }) {
             // Wake dependents that were waiting on this object.
             sqlx::query(
                 "UPDATE objects SET next_attempt_at = $1 WHERE waiting_on IS NOT NULL AND deleted_at IS NULL \
@@ -185,8 +188,10 @@ const DIRTY: &str = "(enacted < generation OR deleted_at IS NOT NULL)";
 
 impl Store {
     /// Claims up to `limit` dirty objects of `kind` due by `due_by` and not leased as of `now`,
-    /// leasing them to `holder` until `lease_until`. On PostgreSQL, rows another claimer has
-    /// locked are skipped rather than waited for.
+    /// leasing them to `holder` until `lease_until`; an expired lease is taken over. Leases
+    /// are rows in `leases` on PostgreSQL, where concurrent claimers never both get an object
+    /// (the second insert of a lease waits for the first to commit, then finds it live), and
+    /// in memory on SQLite (`leases.rs`).
     pub async fn claim_due(
         &self,
         kind: &str,
@@ -196,57 +201,136 @@ impl Store {
         holder: &str,
         lease_until: i64,
     ) -> Result<Vec<Claimed>> {
-        let skip_locked = if matches!(self.db, Db::Postgres(_)) {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE objects SET lease_holder = $1, lease_until = $2 WHERE id IN (\
-               SELECT id FROM objects WHERE kind = $3 AND {DIRTY} AND next_attempt_at <= $4 \
-               AND (lease_until IS NULL OR lease_until < $6) ORDER BY next_attempt_at LIMIT $5{skip_locked}) \
-             RETURNING {OBJECT_COLUMNS}");
+        let due =
+            format!("SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND next_attempt_at <= $2");
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut rows: Vec<Claimed> = with_pool!(&self.db, pool => sqlx::query_as(&sql)
-            .bind(holder).bind(lease_until).bind(kind).bind(due_by).bind(limit).bind(now)
-            .fetch_all(pool).await)?;
+        let mut rows: Vec<Claimed> = match &self.db {
+            Db::Postgres(pool) => {
+                let cols = OBJECT_COLUMNS.replace(", ", ", o.");
+                let sql = format!(
+                    "WITH due AS ({due} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
+                       AND l.until >= $3) ORDER BY next_attempt_at LIMIT $4), \
+                     got AS (INSERT INTO leases (id, holder, until) SELECT id, $5, $6 FROM due \
+                       ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
+                       WHERE leases.until < $3 RETURNING id) \
+                     SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id"
+                );
+                sqlx::query_as(&sql)
+                    .bind(kind)
+                    .bind(due_by)
+                    .bind(now)
+                    .bind(limit)
+                    .bind(holder)
+                    .bind(lease_until)
+                    .fetch_all(pool)
+                    .await?
+            }
+            Db::Sqlite(pool) => {
+                // The rows come back as one JSON array: a thousand rows through the driver's
+                // row-by-row hand-over cost three times the query itself.
+                let sql = format!(
+                    "SELECT json_group_array(json_array({})) FROM objects WHERE id IN \
+                     ({due} AND id NOT IN (SELECT value FROM json_each($3)) ORDER BY next_attempt_at LIMIT $4)",
+                    super::objects::object_json_columns());
+                let live = self.id_param(self.mem_leases.live(now));
+                let text: String = sqlx::query_scalar(&sql)
+                    .bind(kind)
+                    .bind(due_by)
+                    .bind(live)
+                    .bind(limit)
+                    .fetch_one(pool)
+                    .await?;
+                let rows: Vec<Claimed> = serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Invalid(format!("decoding claimed rows: {e}")))?;
+                let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+                let taken = self.mem_leases.take(&ids, holder, lease_until, now);
+                rows.into_iter()
+                    .zip(taken)
+                    .filter(|(_, t)| *t)
+                    .map(|(r, _)| r)
+                    .collect()
+            }
+        };
         rows.sort_by_key(|r| (r.next_attempt_at, r.id));
         Ok(rows)
     }
 
     /// Gives back every lease (SQLite at start-up: the single process that held them is gone).
     pub async fn release_all_leases(&self) -> Result<u64> {
-        let sql = "UPDATE objects SET lease_holder = NULL, lease_until = NULL WHERE lease_holder IS NOT NULL";
-        with_pool!(&self.db, pool => Ok(sqlx::query(sql).execute(pool).await?.rows_affected()))
+        match &self.db {
+            Db::Sqlite(_) => Ok(self.mem_leases.clear()),
+            Db::Postgres(pool) => Ok(sqlx::query("DELETE FROM leases")
+                .execute(pool)
+                .await?
+                .rows_affected()),
+        }
     }
 
     /// For syncing objects: the objects they link to. For deleting objects: the objects that
     /// link to them. Both in one call, keyed by the claimed object's id in [`Dependency::of`].
     pub async fn dependencies(&self, syncing: &[i64], deleting: &[i64]) -> Result<Vec<Dependency>> {
-        const COLS: &str = "o.id AS id, o.generation, o.enacted, o.backend_code, o.backend_status, o.last_error, o.deleted_at";
+        const COLS: &str = "o.id, o.generation, o.enacted, o.backend_code, o.backend_status, o.last_error, o.deleted_at";
         let mut out = Vec::new();
-        for chunk in syncing.chunks(500) {
-            let rows: Vec<DepRow> = with_pool!(&self.db, pool => {
-                let mut q = sqlx::QueryBuilder::new(format!(
-                    "SELECT l.src_id AS of, l.dst_kind AS kind, l.dst_key AS key, {COLS} FROM links l \
-                     LEFT JOIN objects o ON o.kind = l.dst_kind AND o.key = l.dst_key WHERE l.src_id IN ("));
-                push_ids(&mut q, chunk);
-                q.build_query_as().fetch_all(pool).await
-            })?;
-            out.extend(rows.into_iter().map(Dependency::from));
+        if !syncing.is_empty() {
+            let cols = format!("l.src_id, l.dst_kind, l.dst_key, {COLS}");
+            let from = format!(
+                "links l LEFT JOIN objects o ON o.kind = l.dst_kind AND o.key = l.dst_key WHERE l.src_id{}",
+                self.in_ids(1)
+            );
+            out.extend(self.dep_rows(&cols, &from, syncing).await?);
         }
-        for chunk in deleting.chunks(500) {
-            let rows: Vec<DepRow> = with_pool!(&self.db, pool => {
-                let mut q = sqlx::QueryBuilder::new(format!(
-                    "SELECT p.id AS of, o.kind, o.key, {COLS} FROM objects p \
-                     JOIN links l ON l.dst_kind = p.kind AND l.dst_key = p.key \
-                     JOIN objects o ON o.id = l.src_id WHERE p.id IN ("));
-                push_ids(&mut q, chunk);
-                q.build_query_as().fetch_all(pool).await
-            })?;
-            out.extend(rows.into_iter().map(Dependency::from));
+        if !deleting.is_empty() {
+            let cols = format!("p.id, o.kind, o.key, {COLS}");
+            let from = format!(
+                "objects p JOIN links l ON l.dst_kind = p.kind AND l.dst_key = p.key \
+                 JOIN objects o ON o.id = l.src_id WHERE p.id{}",
+                self.in_ids(1)
+            );
+            out.extend(self.dep_rows(&cols, &from, deleting).await?);
         }
         Ok(out)
+    }
+
+    /// `SELECT cols FROM from` over `ids` as [`DepRow`]s; on SQLite the rows come back as one
+    /// JSON array (see [`Store::claim_due`]).
+    async fn dep_rows(
+        &self,
+        cols: &str,
+        from: &str,
+        ids: &[i64],
+    ) -> Result<impl Iterator<Item = Dependency>> {
+        let ids = self.id_param(ids.iter().copied());
+        let rows: Vec<DepRow> = match &self.db {
+            Db::Sqlite(pool) => {
+                let sql = format!("SELECT json_group_array(json_array({cols})) FROM {from}");
+                let text: String = sqlx::query_scalar(&sql).bind(&ids).fetch_one(pool).await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Invalid(format!("decoding dependencies: {e}")))?
+            }
+            Db::Postgres(pool) => {
+                // Named as DepRow's fields, which its FromRow looks up by name.
+                const NAMES: [&str; 10] = [
+                    "of",
+                    "kind",
+                    "key",
+                    "id",
+                    "generation",
+                    "enacted",
+                    "backend_code",
+                    "backend_status",
+                    "last_error",
+                    "deleted_at",
+                ];
+                let named: Vec<String> = cols
+                    .split(", ")
+                    .zip(NAMES)
+                    .map(|(c, n)| format!("{c} AS {n}"))
+                    .collect();
+                let sql = format!("SELECT {} FROM {from}", named.join(", "));
+                sqlx::query_as(&sql).bind(&ids).fetch_all(pool).await?
+            }
+        };
+        Ok(rows.into_iter().map(Dependency::from))
     }
 
     /// Records many outcomes and their executions in one transaction, releasing the leases and
@@ -256,50 +340,96 @@ impl Store {
         if records.is_empty() {
             return Ok(());
         }
-        // The common case (a step converged and left its status alone) is written in bulk:
-        // one statement per 500 objects instead of two per object.
-        let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records.iter().partition(|r| {
-            r.status.is_none()
-                && matches!(&r.settled, Settled::Synced { message } if *message == synced_message(r.generation))
-        });
+        let guard = self.lease_guard("objects.id", "$2");
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
-            for r in single {
-                settle_one!(tx, holder, now, r);
+            // SQLite: the one connection is ours now, so no claim can interleave; give the
+            // in-memory leases back and drop outcomes whose lease was lost. PostgreSQL
+            // checks the lease in each statement and releases at the end.
+            let records: Vec<&OutcomeRecord> = match &self.db {
+                Db::Sqlite(_) => {
+                    let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+                    let held = self.mem_leases.release(&ids, holder);
+                    records.iter().zip(held).filter(|(_, h)| *h).map(|(r, _)| r).collect()
+                }
+                Db::Postgres(_) => records.iter().collect(),
+            };
+            // The common case (a step converged and left its status alone) is written in
+            // bulk: one statement per generation instead of two per object.
+            let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records.iter().partition(|r| {
+                r.status.is_none()
+                    && matches!(&r.settled, Settled::Synced { message } if is_synced_message(message, r.generation))
+            });
+            for r in &single {
+                settle_one!(tx, holder, now, r, &guard);
             }
-            // Grouped by generation (usually one or two groups), each an id list: SQLite runs
-            // `UPDATE … FROM (VALUES …)` as a scan on large tables, an `IN` list by key.
+            // Grouped by generation (usually one), each group one statement with its ids bound
+            // as one parameter.
             let mut by_generation: std::collections::BTreeMap<i64, Vec<i64>> = Default::default();
             for r in &bulk {
                 by_generation.entry(r.generation).or_default().push(r.id);
             }
+            // On PostgreSQL the leases of these objects are deleted in the same statement,
+            // and only the objects whose lease was still ours are written.
+            let targets = match &self.db {
+                Db::Sqlite(_) => format!("id{} AND $4 IS NOT NULL", self.in_ids(5)),
+                Db::Postgres(_) => "id IN (SELECT id FROM mine)".to_string(),
+            };
+            let mine = match &self.db {
+                Db::Sqlite(_) => String::new(),
+                Db::Postgres(_) => format!(
+                    "WITH mine AS (DELETE FROM leases WHERE holder = $4 AND id{} RETURNING id) ", self.in_ids(5)),
+            };
+            let bulk_sql = format!(
+                "{mine}UPDATE objects SET enacted = CASE WHEN $1 > enacted THEN $1 ELSE enacted END, backend_status = $2, \
+                 next_attempt_at = CASE WHEN generation > $1 THEN next_attempt_at ELSE NULL END, backend_code = 1, \
+                 attempts = 0, waiting_on = NULL, last_error = NULL, need_delete = TRUE, last_success_at = $3, \
+                 updated_at = $3 WHERE {targets}");
             for (generation, ids) in &by_generation {
-                for chunk in ids.chunks(500) {
-                    let mut q = sqlx::QueryBuilder::new("UPDATE objects SET enacted = CASE WHEN ");
-                    q.push_bind(*generation).push(" > enacted THEN ").push_bind(*generation)
-                        .push(" ELSE enacted END, backend_status = ").push_bind(synced_message(*generation))
-                        .push(", next_attempt_at = CASE WHEN generation > ").push_bind(*generation)
-                        .push(" THEN next_attempt_at ELSE NULL END, backend_code = 1, attempts = 0, waiting_on = NULL, \
-                               last_error = NULL, need_delete = TRUE, lease_holder = NULL, lease_until = NULL, last_success_at = ")
-                        .push_bind(now).push(", updated_at = ").push_bind(now).push(" WHERE lease_holder = ")
-                        .push_bind(holder).push(" AND id IN (");
-                    push_ids(&mut q, chunk);
-                    q.build().execute(&mut *tx).await?;
-                    // Wake the dependents that were waiting on any of these.
-                    let mut q = sqlx::QueryBuilder::new("UPDATE objects SET next_attempt_at = ");
-                    q.push_bind(now).push(
-                        " WHERE waiting_on IS NOT NULL AND deleted_at IS NULL AND id IN (SELECT l.src_id FROM links l \
-                         JOIN objects p ON p.kind = l.dst_kind AND p.key = l.dst_key WHERE p.id IN (");
-                    push_ids(&mut q, chunk);
-                    q.push(")");
-                    q.build().execute(&mut *tx).await?;
-                }
+                sqlx::query(&bulk_sql)
+                    .bind(*generation).bind(synced_message(*generation)).bind(now).bind(holder)
+                    .bind(self.id_param(ids.iter().copied()))
+                    .execute(&mut *tx).await?;
+            }
+            // Wake the dependents that were waiting on any of these, by kind.
+            let mut woken: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+            for r in bulk.iter().filter(|r| r.has_dependents) {
+                woken.entry(r.kind.as_str()).or_default().push(r.key.as_str());
+            }
+            let wake_sql = format!(
+                "UPDATE objects SET next_attempt_at = $1 WHERE waiting_on IS NOT NULL AND deleted_at IS NULL \
+                 AND EXISTS (SELECT 1 FROM links l WHERE l.src_id = objects.id AND l.dst_kind = $2 AND l.dst_key{})",
+                self.in_texts(3));
+            for (kind, keys) in &woken {
+                sqlx::query(&wake_sql)
+                    .bind(now).bind(*kind).bind(self.text_param(keys.iter().copied()))
+                    .execute(&mut *tx).await?;
+            }
+            if !self.is_sqlite() && !single.is_empty() {
+                let release = format!("DELETE FROM leases WHERE holder = $1 AND id{}", self.in_ids(2));
+                sqlx::query(&release)
+                    .bind(holder).bind(self.id_param(single.iter().map(|r| r.id)))
+                    .execute(&mut *tx).await?;
             }
             let executions: Vec<&NewExecution> = records.iter().filter_map(|r| r.execution.as_ref()).collect();
-            insert_executions!(tx, executions);
+            tx.insert_executions(&executions).await?;
             tx.commit().await?;
             Ok::<_, super::StoreError>(())
         })
+    }
+}
+
+impl Store {
+    /// The condition that `holder_param` still leases the object `id_expr`: a lookup in
+    /// `leases` on PostgreSQL; on SQLite the in-memory leases were checked before writing
+    /// (the parameter is still used, as every bound parameter must be).
+    fn lease_guard(&self, id_expr: &str, holder_param: &str) -> String {
+        match self.db {
+            Db::Sqlite(_) => format!("AND {holder_param} IS NOT NULL"),
+            Db::Postgres(_) => format!(
+                "AND EXISTS (SELECT 1 FROM leases l WHERE l.id = {id_expr} AND l.holder = {holder_param})"
+            ),
+        }
     }
 }
 
@@ -308,13 +438,10 @@ pub fn synced_message(generation: i64) -> String {
     format!("synced generation {generation}")
 }
 
-fn push_ids<'a, DB: sqlx::Database>(q: &mut sqlx::QueryBuilder<'a, DB>, ids: &'a [i64])
-where
-    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
-{
-    let mut sep = q.separated(", ");
-    for id in ids {
-        sep.push_bind(*id);
-    }
-    q.push(")");
+/// Whether `message` is [`synced_message`]`(generation)`, without building it.
+fn is_synced_message(message: &str, generation: i64) -> bool {
+    message
+        .strip_prefix("synced generation ")
+        .and_then(|g| g.parse::<i64>().ok())
+        == Some(generation)
 }

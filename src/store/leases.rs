@@ -1,0 +1,80 @@
+//! Leases on SQLite, kept in memory. One process holds a SQLite store (the lock file sees to
+//! it), so its leases need not be written: every handle on the same file in this process
+//! shares one table here, and the leases end with the process, as a crash would end them.
+//! Written leases cost a SQLite reconcile a quarter of its throughput. PostgreSQL keeps its
+//! leases in the `leases` table, shared by replicas.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
+/// The leases of one SQLite database: object id → (holder, until).
+#[derive(Debug, Default)]
+pub(crate) struct MemLeases {
+    held: Mutex<HashMap<i64, (Arc<str>, i64)>>,
+}
+
+/// One table per database file in this process.
+static BY_FILE: LazyLock<Mutex<HashMap<std::path::PathBuf, Arc<MemLeases>>>> =
+    LazyLock::new(Default::default);
+
+impl MemLeases {
+    /// The table shared by every handle on `path` in this process.
+    pub fn for_file(path: &Path) -> Arc<Self> {
+        let key = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+        let mut files = BY_FILE.lock().unwrap_or_else(|e| e.into_inner());
+        files.entry(key).or_default().clone()
+    }
+
+    fn held(&self) -> MutexGuard<'_, HashMap<i64, (Arc<str>, i64)>> {
+        // A panic while holding this lock leaves the map consistent (single inserts/removes).
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ids under a lease that has not expired as of `now`.
+    pub fn live(&self, now: i64) -> Vec<i64> {
+        let held = self.held();
+        held.iter()
+            .filter(|(_, (_, until))| *until >= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Leases each free (or expired as of `now`) id to `holder` until `until`; returns
+    /// whether each was taken.
+    pub fn take(&self, ids: &[i64], holder: &str, until: i64, now: i64) -> Vec<bool> {
+        let holder: Arc<str> = Arc::from(holder);
+        let mut held = self.held();
+        ids.iter()
+            .map(|id| match held.get(id) {
+                Some((_, live)) if *live >= now => false,
+                _ => {
+                    held.insert(*id, (holder.clone(), until));
+                    true
+                }
+            })
+            .collect()
+    }
+
+    /// Gives back the leases `holder` still has on `ids`; returns whether each was held.
+    pub fn release(&self, ids: &[i64], holder: &str) -> Vec<bool> {
+        let mut held = self.held();
+        ids.iter()
+            .map(|id| match held.get(id) {
+                Some((h, _)) if &**h == holder => {
+                    held.remove(id);
+                    true
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
+    /// Gives back every lease; returns how many there were.
+    pub fn clear(&self) -> u64 {
+        let mut held = self.held();
+        let n = held.len() as u64;
+        held.clear();
+        n
+    }
+}
