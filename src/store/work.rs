@@ -209,7 +209,7 @@ impl Store {
                 let cols = OBJECT_COLUMNS.replace(", ", ", o.");
                 let sql = format!(
                     "WITH due AS ({due} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
-                       AND l.until >= $3) ORDER BY next_attempt_at LIMIT $4), \
+                       AND l.until >= $3) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
                      got AS (INSERT INTO leases (id, holder, until) SELECT id, $5, $6 FROM due \
                        ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
                        WHERE leases.until < $3 RETURNING id) \
