@@ -51,16 +51,6 @@ async fn rabbitmq_restart_loses_nothing() {
         &(50..100).map(complete).collect::<Vec<_>>(),
     )
     .await;
-    eventually("the second half after the restart", || async {
-        metrics.snapshot().applied == 100
-    })
-    .await;
-    eventually("every ingestion enacted", || async {
-        ingestions_ok(&engine).await == 100
-    })
-    .await;
-    engine.shutdown_token().cancel();
-    run.await.unwrap();
-    assert_eq!(metrics.snapshot().dead_lettered, 0);
+    expect_all_applied(&engine, run, 100).await;
     cleanup_amqp(&events).await;
 }

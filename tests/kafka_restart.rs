@@ -116,17 +116,7 @@ async fn kafka_restart_loses_nothing() {
     kill(&tansu_pid(), "-9");
     start_tansu();
     produce_kafka_to(BROKER, &topic, &(50..100).map(complete).collect::<Vec<_>>()).await;
-    eventually("the second half after the restart", || async {
-        metrics.snapshot().applied == 100
-    })
-    .await;
-    eventually("every ingestion enacted", || async {
-        ingestions_ok(&engine).await == 100
-    })
-    .await;
-    engine.shutdown_token().cancel();
-    run.await.unwrap();
-    assert_eq!(metrics.snapshot().dead_lettered, 0);
+    expect_all_applied(&engine, run, 100).await;
 
     kill(&tansu_pid(), "-TERM");
     if !moto_was_up {

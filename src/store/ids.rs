@@ -2,6 +2,8 @@
 //! and plan than the statement's work, and PostgreSQL may plan such a list badly; one text
 //! parameter does not: a JSON array on SQLite (`json_each`), an array literal on PostgreSQL.
 
+use std::fmt::Write as _;
+
 use super::{Db, Store};
 
 impl Store {
@@ -26,7 +28,7 @@ impl Store {
             if i > 0 {
                 out.push(',');
             }
-            out.push_str(&id.to_string());
+            let _ = write!(out, "{id}");
         }
         out.push(close);
         out

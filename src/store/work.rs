@@ -35,36 +35,50 @@ pub struct Dependency {
     pub state: DependencyState,
 }
 
-#[derive(serde::Deserialize, sqlx::FromRow)]
-struct DepRow {
-    of: i64,
-    kind: String,
-    key: String,
-    id: Option<i64>,
-    generation: Option<i64>,
-    enacted: Option<i64>,
-    backend_code: Option<i32>,
-    backend_status: Option<String>,
-    last_error: Option<String>,
-    deleted_at: Option<i64>,
-}
+/// A dependency row by position: (of, kind, key, id, generation, enacted, backend_code,
+/// backend_status, last_error, deleted_at). A tuple decodes by position from a PostgreSQL row
+/// and from a SQLite JSON array alike, so both backends run the same SELECT list.
+type DepRow = (
+    i64,
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i32>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+);
 
 impl From<DepRow> for Dependency {
-    fn from(r: DepRow) -> Self {
-        let state = match (r.id, r.deleted_at) {
+    fn from(row: DepRow) -> Self {
+        let (
+            of,
+            kind,
+            key,
+            id,
+            generation,
+            enacted,
+            backend_code,
+            backend_status,
+            last_error,
+            deleted_at,
+        ) = row;
+        let state = match (id, deleted_at) {
             (None, _) => DependencyState::Missing,
             (Some(_), Some(_)) => DependencyState::Deleting,
-            _ if r.enacted >= r.generation => DependencyState::Ready,
-            _ if r.backend_code == Some(2) => {
-                DependencyState::Failed(r.last_error.or(r.backend_status).unwrap_or_default())
+            _ if enacted >= generation => DependencyState::Ready,
+            _ if backend_code == Some(2) => {
+                DependencyState::Failed(last_error.or(backend_status).unwrap_or_default())
             }
-            _ => DependencyState::Pending(r.backend_status.unwrap_or_default()),
+            _ => DependencyState::Pending(backend_status.unwrap_or_default()),
         };
         Dependency {
-            of: r.of,
-            kind: r.kind,
-            key: r.key,
-            id: r.id,
+            of,
+            kind,
+            key,
+            id,
             state,
         }
     }
@@ -308,25 +322,7 @@ impl Store {
                     .map_err(|e| StoreError::Invalid(format!("decoding dependencies: {e}")))?
             }
             Db::Postgres(pool) => {
-                // Named as DepRow's fields, which its FromRow looks up by name.
-                const NAMES: [&str; 10] = [
-                    "of",
-                    "kind",
-                    "key",
-                    "id",
-                    "generation",
-                    "enacted",
-                    "backend_code",
-                    "backend_status",
-                    "last_error",
-                    "deleted_at",
-                ];
-                let named: Vec<String> = cols
-                    .split(", ")
-                    .zip(NAMES)
-                    .map(|(c, n)| format!("{c} AS {n}"))
-                    .collect();
-                let sql = format!("SELECT {} FROM {from}", named.join(", "));
+                let sql = format!("SELECT {cols} FROM {from}");
                 sqlx::query_as(&sql).bind(&ids).fetch_all(pool).await?
             }
         };
@@ -371,14 +367,12 @@ impl Store {
             }
             // On PostgreSQL the leases of these objects are deleted in the same statement,
             // and only the objects whose lease was still ours are written.
-            let targets = match &self.db {
-                Db::Sqlite(_) => format!("id{} AND $4 IS NOT NULL", self.in_ids(5)),
-                Db::Postgres(_) => "id IN (SELECT id FROM mine)".to_string(),
-            };
-            let mine = match &self.db {
-                Db::Sqlite(_) => String::new(),
-                Db::Postgres(_) => format!(
-                    "WITH mine AS (DELETE FROM leases WHERE holder = $4 AND id{} RETURNING id) ", self.in_ids(5)),
+            let (mine, targets) = match &self.db {
+                Db::Sqlite(_) => (String::new(), format!("id{} AND $4 IS NOT NULL", self.in_ids(5))),
+                Db::Postgres(_) => (
+                    format!("WITH mine AS (DELETE FROM leases WHERE holder = $4 AND id{} RETURNING id) ", self.in_ids(5)),
+                    "id IN (SELECT id FROM mine)".to_string(),
+                ),
             };
             let bulk_sql = format!(
                 "{mine}UPDATE objects SET enacted = CASE WHEN $1 > enacted THEN $1 ELSE enacted END, backend_status = $2, \

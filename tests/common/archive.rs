@@ -87,3 +87,20 @@ pub async fn ingestions_ok(engine: &Engine) -> usize {
     };
     engine.store().list(&filter).await.unwrap().len()
 }
+
+/// After a broker restart: waits until all `total` messages are applied and every ingestion
+/// is enacted, stops the running engine, and asserts nothing was dead-lettered.
+pub async fn expect_all_applied(engine: &Engine, run: tokio::task::JoinHandle<()>, total: u64) {
+    let metrics = engine.event_metrics();
+    super::brokers::eventually("the second half after the restart", || async {
+        metrics.snapshot().applied == total
+    })
+    .await;
+    super::brokers::eventually("every ingestion enacted", || async {
+        ingestions_ok(engine).await as u64 == total
+    })
+    .await;
+    engine.shutdown_token().cancel();
+    run.await.unwrap();
+    assert_eq!(metrics.snapshot().dead_lettered, 0);
+}
