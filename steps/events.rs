@@ -71,7 +71,8 @@ fn apply(current: &mut RequestStatus, msg: &StatusMessage) -> bool {
 }
 
 /// Capability status (and workflow status, level-changed into it) → the Ingestion or
-/// Calibration that made the request, then an immediate re-sync.
+/// Calibration that made the request, then an immediate re-sync. A batch of messages costs
+/// one lookup and one write per kind, whatever its size.
 pub struct RequestStatusFeed;
 
 #[async_trait]
@@ -85,67 +86,146 @@ impl EventStep for RequestStatusFeed {
     }
 
     async fn handle(&self, event: &Event, models: &Models) -> Result<EventOutcome, EventError> {
-        let msg: StatusMessage = serde_json::from_slice(&event.payload)
-            .map_err(|e| EventError::Reject(format!("not a status message: {e}")))?;
-        let id = match msg.kind.as_str() {
-            "capability-status" => msg.capability_request_id,
-            "workflow-status" => msg.capability_request_id.or(msg.workflow_request_id),
-            other => {
-                return Err(EventError::Reject(format!(
-                    "unknown status message type {other:?}"
-                )))
+        let mut results = apply_statuses(&[event], models).await?;
+        match results.pop() {
+            Some(Ok(outcome)) => Ok(outcome),
+            Some(Err(reason)) => Err(EventError::Reject(reason)),
+            None => Err(EventError::Transient(anyhow!("no outcome for the message"))),
+        }
+    }
+
+    async fn handle_batch(
+        &self,
+        events: &[&Event],
+        models: &Models,
+    ) -> anyhow::Result<Vec<Result<EventOutcome, String>>> {
+        match apply_statuses(events, models).await {
+            // A stored model that does not decode rejects only the messages meant for it.
+            Err(e) if e.downcast_ref::<Undecodable>().is_some() => {
+                handle_each(self, events, models).await
             }
-        }
-        .ok_or_else(|| EventError::Reject(format!("{} without a request id", msg.kind)))?;
-        if rank(&msg.state).is_none() {
-            return Err(EventError::Reject(format!(
-                "unknown request state {:?}",
-                msg.state
-            )));
-        }
-        let mut changed = Vec::new();
-        let mut matched =
-            apply_to::<Ingestion>(models, id, &msg, |s| &mut s.request, &mut changed).await?;
-        matched +=
-            apply_to::<Calibration>(models, id, &msg, |s| &mut s.request, &mut changed).await?;
-        match (matched, changed.is_empty()) {
-            (0, _) => Err(EventError::Reject(format!(
-                "no Ingestion or Calibration has request {id}"
-            ))),
-            (_, true) => Ok(EventOutcome::Unchanged(format!(
-                "request {id} {} is not newer than what is known",
-                msg.state
-            ))),
-            (_, false) => Ok(EventOutcome::Applied(changed.join("; "))),
+            result => result,
         }
     }
 }
 
-/// Applies a status message to every `M` that made request `id`, re-syncing those it changed
-/// (described in `changed`); returns how many matched.
-async fn apply_to<M: Model>(
-    models: &Models,
-    id: i64,
-    msg: &StatusMessage,
-    request: fn(&mut M::Status) -> &mut RequestStatus,
-    changed: &mut Vec<String>,
-) -> anyhow::Result<usize> {
-    let objects = models.with_request_id::<M>(id).await?;
-    let matched = objects.len();
-    for mut obj in objects {
-        if apply(request(&mut obj.status), msg)
-            && models.set_status::<M>(&obj.key, &obj.status).await?
-        {
-            models.resync::<M>(&obj.key).await?;
-            changed.push(format!(
-                "{} {} request {id} is {}",
-                M::KIND,
-                obj.key,
-                msg.state
-            ));
-        }
+/// Reads a status message: its request id and what it says, or why it is rejected.
+fn parse_status(event: &Event) -> Result<(i64, StatusMessage), String> {
+    let msg: StatusMessage =
+        serde_json::from_slice(&event.payload).map_err(|e| format!("not a status message: {e}"))?;
+    let id = match msg.kind.as_str() {
+        "capability-status" => msg.capability_request_id,
+        "workflow-status" => msg.capability_request_id.or(msg.workflow_request_id),
+        other => return Err(format!("unknown status message type {other:?}")),
     }
-    Ok(matched)
+    .ok_or_else(|| format!("{} without a request id", msg.kind))?;
+    if rank(&msg.state).is_none() {
+        return Err(format!("unknown request state {:?}", msg.state));
+    }
+    Ok((id, msg))
+}
+
+/// Applies status messages in order to the Ingestions and Calibrations that made their
+/// requests: one lookup per kind for the whole batch, the messages applied in memory, then
+/// each kind's changed statuses written (and re-synced) in one transaction.
+async fn apply_statuses(
+    events: &[&Event],
+    models: &Models,
+) -> anyhow::Result<Vec<Result<EventOutcome, String>>> {
+    let parsed: Vec<_> = events.iter().map(|e| parse_status(e)).collect();
+    let mut ids: Vec<i64> = parsed.iter().flatten().map(|(id, _)| *id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut ingestions = Requesters::<Ingestion>::load(models, &ids, |s| &mut s.request).await?;
+    let mut calibrations =
+        Requesters::<Calibration>::load(models, &ids, |s| &mut s.request).await?;
+    let results = parsed
+        .into_iter()
+        .map(|parsed| {
+            let (id, msg) = parsed?;
+            let mut changed = Vec::new();
+            let matched = ingestions.apply(id, &msg, &mut changed)
+                + calibrations.apply(id, &msg, &mut changed);
+            match (matched, changed.is_empty()) {
+                (0, _) => Err(format!("no Ingestion or Calibration has request {id}")),
+                (_, true) => Ok(EventOutcome::Unchanged(format!(
+                    "request {id} {} is not newer than what is known",
+                    msg.state
+                ))),
+                (_, false) => Ok(EventOutcome::Applied(changed.join("; "))),
+            }
+        })
+        .collect();
+    ingestions.store(models).await?;
+    calibrations.store(models).await?;
+    Ok(results)
+}
+
+/// The objects of kind `M` behind a batch's requests, changed in memory, then stored.
+struct Requesters<M: Model> {
+    objects: Vec<Obj<M>>,
+    by_request: std::collections::HashMap<i64, Vec<usize>>,
+    changed: Vec<bool>,
+    request: fn(&mut M::Status) -> &mut RequestStatus,
+}
+
+impl<M: Model> Requesters<M> {
+    async fn load(
+        models: &Models,
+        ids: &[i64],
+        request: fn(&mut M::Status) -> &mut RequestStatus,
+    ) -> anyhow::Result<Self> {
+        let mut objects = models.with_request_ids::<M>(ids).await?;
+        let mut by_request: std::collections::HashMap<i64, Vec<usize>> = Default::default();
+        for (i, obj) in objects.iter_mut().enumerate() {
+            if let Some(id) = request(&mut obj.status).request_id {
+                by_request.entry(id).or_default().push(i);
+            }
+        }
+        let changed = vec![false; objects.len()];
+        Ok(Self {
+            objects,
+            by_request,
+            changed,
+            request,
+        })
+    }
+
+    /// Applies `msg` to every object that made request `id`, describing each change in
+    /// `changed`; returns how many objects matched.
+    fn apply(&mut self, id: i64, msg: &StatusMessage, changed: &mut Vec<String>) -> usize {
+        let Some(indices) = self.by_request.get(&id) else {
+            return 0;
+        };
+        for &i in indices {
+            let obj = &mut self.objects[i];
+            if apply((self.request)(&mut obj.status), msg) {
+                self.changed[i] = true;
+                changed.push(format!(
+                    "{} {} request {id} is {}",
+                    M::KIND,
+                    obj.key,
+                    msg.state
+                ));
+            }
+        }
+        indices.len()
+    }
+
+    /// Writes the changed statuses in one transaction and asks for their re-sync.
+    async fn store(&self, models: &Models) -> anyhow::Result<()> {
+        let items: Vec<(&str, &M::Status)> = self
+            .objects
+            .iter()
+            .zip(&self.changed)
+            .filter(|(_, changed)| **changed)
+            .map(|(obj, _)| (obj.key.as_str(), &obj.status))
+            .collect();
+        if !items.is_empty() {
+            models.set_statuses::<M>(&items, true).await?;
+        }
+        Ok(())
+    }
 }
 
 /// `{"application": "ingestion", "type": "ingestion-complete", "instrument", "name", …}`.

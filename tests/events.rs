@@ -4,127 +4,13 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use common::brokers::*;
-use common::{Backend, TestDb, T0};
-use thalamus::bus::{deliver, AmqpSession, Delivery, EventsSettings, KafkaSource};
-use thalamus::clock::ManualClock;
-use thalamus::engine::Engine;
-use thalamus::graph::DepGraph;
+use common::status_world::*;
+use common::{Backend, T0};
+use thalamus::bus::{deliver, AmqpSession, Delivery, KafkaSource};
 use thalamus::step::prelude::*;
-use thalamus::steps::models::{Calibration, Ingestion};
+use thalamus::steps::models::Calibration;
 use tokio_util::sync::CancellationToken;
-
-const DEPS: &str = r#"{ "Ingestion":   [["Observation", "observation", "ingestions"]],
-                        "Calibration": [["Ingestion",   "ingestion",   "calibrations"]] }"#;
-
-/// Stands in for the Workspaces step: an ingestion of `VLA/obsN` is request N; it is
-/// Executing until its status says Complete (as an event will).
-struct FakeIngest;
-
-#[async_trait]
-impl SyncStep for FakeIngest {
-    type Model = Ingestion;
-    async fn sync(&self, obj: &mut Obj<Ingestion>, _ctx: &StepContext) -> StepResult {
-        let id: i64 = obj
-            .key
-            .trim_start_matches("VLA/obs")
-            .parse()
-            .context("test keys are VLA/obsN")?;
-        let r = &mut obj.status.request;
-        if r.state.as_deref() == Some("Complete") {
-            r.completed_generation = Some(obj.generation);
-            return Ok(Progress::Done);
-        }
-        r.request_id = Some(id);
-        r.state.get_or_insert_with(|| "Executing".into());
-        Ok(Progress::deferred(
-            Duration::from_secs(600),
-            format!("request {id} is Executing"),
-        ))
-    }
-}
-
-struct FakeCalibrate;
-
-#[async_trait]
-impl SyncStep for FakeCalibrate {
-    type Model = Calibration;
-    async fn sync(&self, _obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
-        Ok(Progress::Done)
-    }
-}
-
-struct World {
-    engine: Engine,
-    events: EventsSettings,
-    _db: TestDb,
-}
-
-impl World {
-    async fn new(backend: Backend, test: &str) -> Self {
-        ensure_kafka();
-        let db = TestDb::new(backend).await;
-        let mut s = common::settings(&db.url);
-        s.events = events(test);
-        let mut registry = Registry::new();
-        thalamus::steps::models::register(&mut registry, &s).unwrap();
-        thalamus::steps::policies::register(&mut registry, &s).unwrap();
-        thalamus::steps::events::register(&mut registry, &s).unwrap();
-        registry.sync(FakeIngest).unwrap();
-        registry.sync(FakeCalibrate).unwrap();
-        let graph = DepGraph::parse("deps", DEPS, &registry.sync_kinds()).unwrap();
-        let engine = Engine::new(
-            db.store().await,
-            registry,
-            graph,
-            s.clone(),
-            Arc::new(ManualClock::at(T0)),
-        );
-        Self {
-            engine,
-            events: s.events,
-            _db: db,
-        }
-    }
-
-    /// Observations `VLA/obs<n>` whose ingestions are now Executing request n.
-    async fn executing(&self, ns: impl IntoIterator<Item = i64>) {
-        for n in ns {
-            let obs = common::archive::observation(n);
-            self.engine.models().upsert(&obs.key(), &obs).await.unwrap();
-        }
-        self.engine.run_once().await.unwrap();
-    }
-
-    async fn ingestion(&self, n: i64) -> Obj<Ingestion> {
-        self.engine
-            .models()
-            .get::<Ingestion>(&format!("VLA/obs{n}"))
-            .await
-            .unwrap()
-            .unwrap()
-    }
-
-    async fn dead_letters(&self) -> usize {
-        self.engine.store().dead_letters(None).await.unwrap().len()
-    }
-}
-
-fn status(id: i64, state: &str, ts: &str) -> Vec<u8> {
-    format!(
-        r#"{{"type":"capability-status","capability_request_id":{id},"capability":"ingest_vla","state":"{state}","message":"m","timestamp":"{ts}","extra":1}}"#
-    )
-    .into_bytes()
-}
-
-/// Runs the controller (consumers and sync loop) until the returned token is cancelled.
-fn run(engine: &Engine) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let e = engine.clone();
-    let token = engine.shutdown_token();
-    (token, tokio::spawn(async move { e.run().await.unwrap() }))
-}
 
 async fn complete_message_enacts_without_waiting_for_the_poll(backend: Backend, transport: &str) {
     let w = World::new(backend, &format!("happy-{transport}")).await;
@@ -201,7 +87,7 @@ async fn duplicates_and_stale_states_change_nothing() {
     for _ in 0..4 {
         let received = source.recv().await.unwrap();
         outcomes.push(deliver(&w.engine, &received.event, &shutdown).await);
-        source.commit(&received).unwrap();
+        source.commit(std::slice::from_ref(&received)).unwrap();
     }
     assert_eq!(
         outcomes,
@@ -247,8 +133,9 @@ async fn poison_messages_never_stop_the_consumer(transport: &str) {
     }
     let (stop, running) = run(&w.engine);
     let metrics = w.engine.event_metrics();
-    eventually("all 1010 messages", || async {
-        metrics.snapshot().consumed == 1010
+    eventually("all 1010 messages stored", || async {
+        let m = metrics.snapshot();
+        m.applied + m.dead_lettered == 1010
     })
     .await;
     stop.cancel();
@@ -315,7 +202,7 @@ async fn crash_between_store_and_commit_redelivers_once_applied_kafka() {
         Delivery::Unchanged,
         "applied once"
     );
-    second.commit(&again).unwrap();
+    second.commit(std::slice::from_ref(&again)).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

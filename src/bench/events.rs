@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::db::{Backend, Scratch};
 use super::{BenchArgs, Figure};
-use crate::bus::{deliver, AmqpBinding, AmqpSession, EventsSettings, KafkaSource};
+use crate::bus::{deliver, AmqpBinding, AmqpSession, EventsSettings, KafkaSource, MetricsSnapshot};
 use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -68,6 +68,11 @@ async fn world(
         Arc::new(SystemClock),
     );
     Ok((scratch, engine))
+}
+
+/// Messages whose effect (or dead letter) is stored.
+fn settled(m: &MetricsSnapshot) -> usize {
+    (m.applied + m.unchanged + m.dead_lettered) as usize
 }
 
 fn unique(name: &str) -> String {
@@ -129,16 +134,22 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     let (scratch, engine) = world(args, events.clone(), n).await?;
     let source = KafkaSource::connect(&events, engine.event_metrics()).await?;
     let shutdown = CancellationToken::new();
+    // The group join is not part of the rate: the clock starts at the first message.
     let first = source.recv().await?;
     deliver(&engine, &first.event, &shutdown).await;
-    source.commit(&first)?;
+    source.commit(std::slice::from_ref(&first))?;
+    let metrics = engine.event_metrics();
     let started = Instant::now();
-    for _ in 1..n {
-        let r = source.recv().await?;
-        deliver(&engine, &r.event, &shutdown).await;
-        source.commit(&r)?;
+    let consume = {
+        let (engine, shutdown, max) = (engine.clone(), shutdown.clone(), events.max_batch);
+        tokio::spawn(async move { source.consume(&engine, max, &shutdown).await })
+    };
+    while (settled(&metrics.snapshot())) < n {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let value = (n - 1) as f64 / started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    consume.await?;
     let m = engine.event_metrics().snapshot();
     anyhow::ensure!(
         m.applied as usize == n && m.dead_lettered == 0,
@@ -218,7 +229,7 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
         let (engine, shutdown) = (engine.clone(), shutdown.clone());
         tokio::spawn(async move { session.consume(&engine, &shutdown).await })
     };
-    while (metrics.snapshot().consumed as usize) < n {
+    while settled(&metrics.snapshot()) < n {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let value = n as f64 / started.elapsed().as_secs_f64();

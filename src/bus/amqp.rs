@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
     QueueBindOptions, QueueDeclareOptions,
@@ -16,7 +16,7 @@ use lapin::{Acker, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{deliver, Delivery, EventsSettings};
+use super::{deliver_batch, EventsSettings};
 use crate::config::redact_url;
 use crate::engine::Engine;
 use crate::step::{Event, Transport};
@@ -104,10 +104,39 @@ impl AmqpSession {
         &mut self,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<(Event, Acker)>> {
+        let batch = self.recv_batch(1, shutdown).await?;
+        Ok(batch.and_then(|(mut events, acker)| events.pop().map(|e| (e, acker))))
+    }
+
+    /// Waits for the next message, then takes up to `max - 1` more that have already
+    /// arrived; `None` at shutdown, `Err` when the connection fails.
+    pub async fn recv_batch(
+        &mut self,
+        max: usize,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<Option<(Vec<Event>, Acker)>> {
         let next = tokio::select! {
             _ = shutdown.cancelled() => return Ok(None),
             next = self.consumer.next() => next,
         };
+        let (event, mut last) = self.event(next)?;
+        let mut events = vec![event];
+        while events.len() < max {
+            let Some(next) = self.consumer.next().now_or_never() else {
+                break;
+            };
+            let (event, acker) = self.event(next)?;
+            events.push(event);
+            last = acker;
+        }
+        Ok(Some((events, last)))
+    }
+
+    /// The event in a delivery, and what acknowledges it.
+    fn event(
+        &self,
+        next: Option<Result<lapin::message::Delivery, lapin::Error>>,
+    ) -> anyhow::Result<(Event, Acker)> {
         let delivery = match next {
             Some(d) => d.context("AMQP delivery failed")?,
             None => anyhow::bail!("the AMQP consumer was closed by the broker"),
@@ -127,7 +156,7 @@ impl AmqpSession {
             transport: Transport::Amqp,
             topic: self.events.logical_topic(delivery.exchange.as_str()),
             routing_key: Some(delivery.routing_key.to_string()),
-            payload: delivery.data.clone(),
+            payload: delivery.data,
             headers,
             position: format!(
                 "{} delivery {}{}",
@@ -140,23 +169,25 @@ impl AmqpSession {
                 }
             ),
         };
-        Ok(Some((event, delivery.acker)))
+        Ok((event, delivery.acker))
     }
 
-    /// Consumes until shutdown (`Ok`) or until the connection fails (`Err`): deliver, then ack.
+    /// Consumes until shutdown (`Ok`) or until the connection fails (`Err`): a batch of what
+    /// has arrived (at most `events.max_batch`) is delivered, then acknowledged at once
+    /// (`multiple`: every delivery up to the batch's last).
     pub async fn consume(
         &mut self,
         engine: &Engine,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        while let Some((event, acker)) = self.recv(shutdown).await? {
-            if deliver(engine, &event, shutdown).await == Delivery::Abandoned {
+        let max = self.events.max_batch;
+        while let Some((events, last)) = self.recv_batch(max, shutdown).await? {
+            if deliver_batch(engine, &events, shutdown).await.is_none() {
                 return Ok(());
             }
-            acker
-                .ack(BasicAckOptions::default())
+            last.ack(BasicAckOptions { multiple: true })
                 .await
-                .context("acknowledging an AMQP message")?;
+                .context("acknowledging AMQP messages")?;
         }
         Ok(())
     }

@@ -1,12 +1,15 @@
-//! The Kafka transport: a consumer group with auto-commit off; an offset is committed only
-//! after the message's effect (or dead letter) is stored. A new group starts from the earliest
-//! offset. librdkafka reconnects by itself; a failed start is retried with backoff.
+//! The Kafka transport: a consumer group with auto-commit off; offsets are committed only
+//! after the effects (or dead letters) of the messages before them are stored. A new group
+//! starts from the earliest offset. librdkafka reconnects by itself; a failed start is
+//! retried with backoff.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
@@ -19,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::metrics::EventMetrics;
-use super::{deliver, Delivery, EventsSettings};
+use super::{deliver_batch, EventsSettings};
 use crate::engine::Engine;
 use crate::step::{Event, Transport};
 
@@ -149,19 +152,66 @@ impl KafkaSource {
         })
     }
 
-    /// Commits past `received`: its effect is stored.
-    pub fn commit(&self, received: &Received) -> anyhow::Result<()> {
+    /// Waits for the next message, then takes up to `max - 1` more that have already
+    /// arrived, so a busy topic is applied in batches and a quiet one message at a time.
+    pub async fn recv_batch(&self, max: usize) -> anyhow::Result<Vec<Received>> {
+        let mut batch = vec![self.recv().await?];
+        while batch.len() < max {
+            match self.recv().now_or_never() {
+                Some(Ok(received)) => batch.push(received),
+                Some(Err(e)) => {
+                    warn!("Kafka: {e:#}");
+                    break;
+                }
+                None => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Commits past every message of `batch`: their effects are stored.
+    pub fn commit(&self, batch: &[Received]) -> anyhow::Result<()> {
+        let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+        for r in batch {
+            let offset = next.entry((r.topic.as_str(), r.partition)).or_default();
+            *offset = (*offset).max(r.offset + 1);
+        }
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(
-            &received.topic,
-            received.partition,
-            Offset::Offset(received.offset + 1),
-        )
-        .context("building the commit")?;
+        for ((topic, partition), offset) in next {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(offset))
+                .context("building the commit")?;
+        }
         self.consumer
             .commit(&tpl, CommitMode::Async)
-            .context("committing the Kafka offset")?;
+            .context("committing the Kafka offsets")?;
         Ok(())
+    }
+
+    /// Consumes until shutdown: a batch of what has arrived (at most `max_batch`) is
+    /// delivered, then its offsets are committed.
+    pub async fn consume(&self, engine: &Engine, max_batch: usize, shutdown: &CancellationToken) {
+        loop {
+            let batch = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                b = self.recv_batch(max_batch) => b,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    warn!("Kafka: {e:#}");
+                    continue;
+                }
+            };
+            let events: Vec<Event> = batch.iter().map(|r| r.event.clone()).collect();
+            if deliver_batch(engine, &events, shutdown).await.is_none() {
+                return;
+            }
+            if let Err(e) = self.commit(&batch) {
+                // The effects are stored; a lost commit only means a harmless redelivery.
+                let first = events.first().map_or("", |e| e.position.as_str());
+                warn!(messages = events.len(), first = %first, "{e:#}");
+            }
+        }
     }
 }
 
@@ -188,24 +238,5 @@ pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: Cancell
         }
     };
     info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?settings.topics, "consuming Kafka");
-    loop {
-        let received = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = source.recv() => r,
-        };
-        let received = match received {
-            Ok(r) => r,
-            Err(e) => {
-                warn!("Kafka: {e:#}");
-                continue;
-            }
-        };
-        if deliver(&engine, &received.event, &shutdown).await == Delivery::Abandoned {
-            return;
-        }
-        if let Err(e) = source.commit(&received) {
-            // The effect is stored; a lost commit only means a harmless redelivery.
-            warn!(position = %received.event.position, "{e:#}");
-        }
-    }
+    source.consume(&engine, events.max_batch, &shutdown).await;
 }

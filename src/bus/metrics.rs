@@ -38,17 +38,17 @@ impl EventMetrics {
         m
     }
 
-    pub(crate) fn consumed(&self) {
-        self.consumed.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn consumed(&self, n: usize) {
+        self.consumed.fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn applied(&self) {
-        self.applied.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn applied(&self, n: usize) {
+        self.applied.fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn unchanged(&self) {
-        self.unchanged.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn unchanged(&self, n: usize) {
+        self.unchanged.fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn dead_lettered(&self) {
-        self.dead_lettered.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn dead_lettered(&self, n: usize) {
+        self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn retried(&self) {
         self.retried.fetch_add(1, Ordering::Relaxed);

@@ -36,10 +36,24 @@ pub enum Delivery {
 }
 
 /// Applies `event`, retrying while its effect cannot be stored, and dead-letters what no step
-/// can apply. Counts everything in the engine's event metrics.
+/// can apply; see [`deliver_batch`].
 pub async fn deliver(engine: &Engine, event: &Event, shutdown: &CancellationToken) -> Delivery {
+    deliver_batch(engine, std::slice::from_ref(event), shutdown)
+        .await
+        .and_then(|mut d| d.pop())
+        .unwrap_or(Delivery::Abandoned)
+}
+
+/// Applies messages in order, retrying the whole batch while its effects cannot be stored,
+/// and dead-letters what no step can apply; one [`Delivery`] per message, or `None` when
+/// shutdown came first (acknowledge none of them). Counts everything in the event metrics.
+pub async fn deliver_batch(
+    engine: &Engine,
+    events: &[Event],
+    shutdown: &CancellationToken,
+) -> Option<Vec<Delivery>> {
     let metrics = engine.event_metrics();
-    metrics.consumed();
+    metrics.consumed(events.len());
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(Duration::from_secs(30))
@@ -47,31 +61,27 @@ pub async fn deliver(engine: &Engine, event: &Event, shutdown: &CancellationToke
         .with_jitter()
         .build();
     loop {
-        let outcome = match engine.apply_event(event).await {
-            Ok(EventReport::Applied(_)) => {
-                metrics.applied();
-                engine.wake();
-                return Delivery::Applied;
-            }
-            Ok(EventReport::Unchanged(_)) => {
-                metrics.unchanged();
-                return Delivery::Unchanged;
-            }
-            Ok(EventReport::Rejected(reason)) => dead_letter(engine, event, &reason).await,
-            Err(e) => Err(e),
-        };
-        match outcome {
-            Ok(id) => {
-                metrics.dead_lettered();
-                return Delivery::DeadLettered(id);
+        match apply(engine, events).await {
+            Ok(deliveries) => {
+                let count =
+                    |want: fn(&Delivery) -> bool| deliveries.iter().filter(|d| want(d)).count();
+                let applied = count(|d| *d == Delivery::Applied);
+                metrics.applied(applied);
+                metrics.unchanged(count(|d| *d == Delivery::Unchanged));
+                metrics.dead_lettered(count(|d| matches!(d, Delivery::DeadLettered(_))));
+                if applied > 0 {
+                    engine.wake();
+                }
+                return Some(deliveries);
             }
             Err(e) => {
                 metrics.retried();
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                warn!(topic = %event.topic, position = %event.position,
-                    "cannot store the effect of a message yet; retrying in {delay:?}: {e:#}");
+                let first = events.first().map_or("", |e| e.position.as_str());
+                warn!(messages = events.len(), first = %first,
+                    "cannot store the effect of messages yet; retrying in {delay:?}: {e:#}");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Delivery::Abandoned,
+                    _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(delay) => {}
                 }
             }
@@ -79,18 +89,38 @@ pub async fn deliver(engine: &Engine, event: &Event, shutdown: &CancellationToke
     }
 }
 
-async fn dead_letter(engine: &Engine, event: &Event, reason: &str) -> anyhow::Result<i64> {
-    let letter = NewDeadLetter {
-        transport: format!("{:?}", event.transport).to_lowercase(),
-        topic: event.topic.clone(),
-        routing_key: event.routing_key.clone(),
-        position: event.position.clone(),
-        headers: serde_json::to_string(&event.headers)?,
-        payload: event.payload.clone(),
-        reason: reason.to_string(),
-        received_at: engine.now_ms(),
-    };
-    let id = engine.store().add_dead_letter(&letter).await?;
-    info!(id, topic = %event.topic, position = %event.position, "dead-lettered: {reason}");
-    Ok(id)
+/// One attempt at a batch: apply, then store the dead letters of what was rejected.
+async fn apply(engine: &Engine, events: &[Event]) -> anyhow::Result<Vec<Delivery>> {
+    let reports = engine.apply_events(events).await?;
+    let mut letters = Vec::new();
+    for (event, report) in events.iter().zip(&reports) {
+        if let EventReport::Rejected(reason) = report {
+            letters.push(NewDeadLetter {
+                transport: format!("{:?}", event.transport).to_lowercase(),
+                topic: event.topic.clone(),
+                routing_key: event.routing_key.clone(),
+                position: event.position.clone(),
+                headers: serde_json::to_string(&event.headers)?,
+                payload: event.payload.clone(),
+                reason: reason.clone(),
+                received_at: engine.now_ms(),
+            });
+        }
+    }
+    let mut ids = engine.store().add_dead_letters(&letters).await?.into_iter();
+    let mut deliveries = Vec::with_capacity(reports.len());
+    for (event, report) in events.iter().zip(reports) {
+        deliveries.push(match report {
+            EventReport::Applied(_) => Delivery::Applied,
+            EventReport::Unchanged(_) => Delivery::Unchanged,
+            EventReport::Rejected(reason) => {
+                let id = ids
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("a dead letter was not stored"))?;
+                info!(id, topic = %event.topic, position = %event.position, "dead-lettered: {reason}");
+                Delivery::DeadLettered(id)
+            }
+        });
+    }
+    Ok(deliveries)
 }

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Both transports; each is off unless enabled.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EventsSettings {
     pub kafka: KafkaSettings,
@@ -11,6 +11,20 @@ pub struct EventsSettings {
     /// Actual exchange/topic name → the topic event steps consume (e.g. when a site prefixes
     /// its exchanges). Names not listed are used as they are.
     pub aliases: std::collections::BTreeMap<String, String>,
+    /// Most messages applied and acknowledged together. A batch is only what has already
+    /// arrived, so a quiet broker's message is applied at once, alone.
+    pub max_batch: usize,
+}
+
+impl Default for EventsSettings {
+    fn default() -> Self {
+        Self {
+            kafka: KafkaSettings::default(),
+            amqp: AmqpSettings::default(),
+            aliases: Default::default(),
+            max_batch: 256,
+        }
+    }
 }
 
 impl EventsSettings {
@@ -46,7 +60,8 @@ pub struct AmqpSettings {
     pub url: String,
     /// thalamus's own durable queue: messages published while it is down wait there.
     pub queue: String,
-    /// Unacknowledged messages the broker may send ahead.
+    /// Unacknowledged messages the broker may send ahead; above `events.max_batch`, so the
+    /// next batch arrives while one is applied.
     pub prefetch: u16,
     pub bindings: Vec<AmqpBinding>,
 }
@@ -78,7 +93,7 @@ impl Default for AmqpSettings {
             enabled: false,
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             queue: "thalamus.events".into(),
-            prefetch: 64,
+            prefetch: 512,
             bindings: vec![
                 AmqpBinding {
                     exchange: "archive.events".into(),
@@ -96,6 +111,9 @@ impl Default for AmqpSettings {
 impl EventsSettings {
     /// Checks values the transports cannot run without; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.max_batch == 0 {
+            return Err(("events.max_batch", "must be at least 1"));
+        }
         let k = &self.kafka;
         if k.enabled {
             if k.brokers.trim().is_empty() {

@@ -1,10 +1,11 @@
-//! Applying one broker message: route it to the event steps that consume its topic and record
-//! each attempt. Transports (Kafka, AMQP) call this and acknowledge only after it returns Ok.
+//! Applying broker messages: route each run of consecutive messages on one topic to the event
+//! steps that consume it, as one batch, and record each message's outcome. Transports (Kafka,
+//! AMQP) call this and acknowledge only after it returns Ok.
 
 use tracing::{debug, warn};
 
 use super::Engine;
-use crate::step::{Event, EventError, EventOutcome};
+use crate::step::{Event, EventOutcome};
 use crate::store::NewExecution;
 
 /// What became of one message.
@@ -18,66 +19,113 @@ pub enum EventReport {
     Rejected(String),
 }
 
-impl Engine {
-    /// Applies `event` through every event step subscribed to its topic. An `Err` means the
-    /// effect is not stored: the transport must not acknowledge, so the message comes again.
-    pub async fn apply_event(&self, event: &Event) -> anyhow::Result<EventReport> {
-        let steps: Vec<_> = self
-            .registry
-            .events
-            .iter()
-            .filter(|s| s.topics().contains(&event.topic))
-            .collect();
-        if steps.is_empty() {
-            return Ok(EventReport::Rejected(format!(
-                "no event step consumes {}",
-                event.topic
-            )));
+/// What the steps said of one message, gathered into its report.
+#[derive(Default)]
+struct Tally {
+    applied: Vec<String>,
+    unchanged: Vec<String>,
+    rejected: Vec<String>,
+}
+
+impl Tally {
+    fn report(self) -> EventReport {
+        if !self.applied.is_empty() {
+            EventReport::Applied(self.applied)
+        } else if !self.unchanged.is_empty() {
+            EventReport::Unchanged(self.unchanged)
+        } else {
+            EventReport::Rejected(self.rejected.join("; "))
         }
-        let (mut applied, mut unchanged, mut rejected) = (Vec::new(), Vec::new(), Vec::new());
-        let mut executions = Vec::new();
-        for step in steps {
-            let started = self.clock.now_ms();
-            let result = step.handle(event, &self.models).await;
-            let (outcome, error) = match result {
-                Ok(EventOutcome::Applied(what)) => {
-                    debug!(step = step.name(), topic = %event.topic, "applied: {what}");
-                    applied.push(what);
-                    ("ok", None)
+    }
+}
+
+impl Engine {
+    /// Applies one message; see [`Engine::apply_events`].
+    pub async fn apply_event(&self, event: &Event) -> anyhow::Result<EventReport> {
+        let mut reports = self.apply_events(std::slice::from_ref(event)).await?;
+        reports
+            .pop()
+            .ok_or_else(|| anyhow::anyhow!("no report for message at {}", event.position))
+    }
+
+    /// Applies messages in their order through every event step subscribed to their topics,
+    /// one report per message. Consecutive messages on one topic go to each step as one
+    /// batch. An `Err` means the effects may not all be stored: the transport must not
+    /// acknowledge any of them, so they all come again (steps are idempotent).
+    pub async fn apply_events(&self, events: &[Event]) -> anyhow::Result<Vec<EventReport>> {
+        let mut tallies: Vec<Tally> = events.iter().map(|_| Tally::default()).collect();
+        let mut executions = Vec::with_capacity(events.len());
+        let mut start = 0;
+        while start < events.len() {
+            let topic = &events[start].topic;
+            let end = events[start..]
+                .iter()
+                .position(|e| &e.topic != topic)
+                .map_or(events.len(), |n| start + n);
+            let run: Vec<&Event> = events[start..end].iter().collect();
+            let mut consumed = false;
+            for step in self.registry.events.iter() {
+                if !step.topics().contains(topic) {
+                    continue;
                 }
-                Ok(EventOutcome::Unchanged(what)) => {
-                    unchanged.push(what);
-                    ("unchanged", None)
+                consumed = true;
+                let started = self.clock.now_ms();
+                let results = step.handle_batch(&run, &self.models).await.map_err(|e| {
+                    warn!(step = step.name(), topic = %topic, messages = run.len(),
+                        "messages not applied, will be redelivered: {e:#}");
+                    e.context(format!("event step {} failed", step.name()))
+                })?;
+                anyhow::ensure!(
+                    results.len() == run.len(),
+                    "event step {} returned {} results for {} messages",
+                    step.name(),
+                    results.len(),
+                    run.len()
+                );
+                // The batch's time, shared evenly among its messages.
+                let duration_ms = (self.clock.now_ms() - started).max(0) / run.len() as i64;
+                for (i, result) in results.into_iter().enumerate() {
+                    let event = run[i];
+                    let tally = &mut tallies[start + i];
+                    let (outcome, error) = match result {
+                        Ok(EventOutcome::Applied(what)) => {
+                            debug!(step = step.name(), topic = %topic, "applied: {what}");
+                            tally.applied.push(what);
+                            ("ok", None)
+                        }
+                        Ok(EventOutcome::Unchanged(what)) => {
+                            tally.unchanged.push(what);
+                            ("unchanged", None)
+                        }
+                        Err(reason) => {
+                            tally.rejected.push(format!("{}: {reason}", step.name()));
+                            ("rejected", Some(reason))
+                        }
+                    };
+                    executions.push(NewExecution {
+                        kind: "event".into(),
+                        key: topic.clone(),
+                        step: format!("event:{}", step.name()),
+                        generation: 0,
+                        cause: format!("message at {}", event.position),
+                        holder: self.holder().to_string(),
+                        started_at: started,
+                        duration_ms,
+                        outcome: outcome.into(),
+                        error,
+                    });
                 }
-                Err(EventError::Reject(reason)) => {
-                    rejected.push(format!("{}: {reason}", step.name()));
-                    ("rejected", Some(reason))
+            }
+            if !consumed {
+                for tally in &mut tallies[start..end] {
+                    tally
+                        .rejected
+                        .push(format!("no event step consumes {topic}"));
                 }
-                Err(EventError::Transient(e)) => {
-                    warn!(step = step.name(), topic = %event.topic, "event not applied, will be redelivered: {e:#}");
-                    return Err(e.context(format!("event step {} failed", step.name())));
-                }
-            };
-            executions.push(NewExecution {
-                kind: "event".into(),
-                key: event.topic.clone(),
-                step: format!("event:{}", step.name()),
-                generation: 0,
-                cause: format!("message at {}", event.position),
-                holder: self.holder().to_string(),
-                started_at: started,
-                duration_ms: (self.clock.now_ms() - started).max(0),
-                outcome: outcome.into(),
-                error,
-            });
+            }
+            start = end;
         }
         self.store.record(&executions).await?;
-        Ok(if !applied.is_empty() {
-            EventReport::Applied(applied)
-        } else if !unchanged.is_empty() {
-            EventReport::Unchanged(unchanged)
-        } else {
-            EventReport::Rejected(rejected.join("; "))
-        })
+        Ok(tallies.into_iter().map(Tally::report).collect())
     }
 }

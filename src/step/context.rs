@@ -77,9 +77,34 @@ impl Models {
             .await?)
     }
 
+    /// Replaces the observed status of many objects of kind `M` in one transaction; with
+    /// `resync`, each one that changed is due at once (as [`Models::resync`]). Returns how
+    /// many changed.
+    pub async fn set_statuses<M: Model>(
+        &self,
+        items: &[(&str, &M::Status)],
+        resync: bool,
+    ) -> anyhow::Result<u64> {
+        let values = items
+            .iter()
+            .map(|(k, s)| Ok((k.to_string(), serde_json::to_value(s)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .context("serialising status")?;
+        Ok(self
+            .store
+            .set_statuses(M::KIND, &values, self.now_ms(), resync)
+            .await?)
+    }
+
     /// Objects of kind `M` whose observed status records Workspaces request `id` (indexed).
     pub async fn with_request_id<M: Model>(&self, id: i64) -> anyhow::Result<Vec<Obj<M>>> {
-        let rows = self.store.find_by_request_id(&[M::KIND], id).await?;
+        self.with_request_ids::<M>(&[id]).await
+    }
+
+    /// Objects of kind `M` whose observed status records one of the requests `ids`, in one
+    /// indexed query.
+    pub async fn with_request_ids<M: Model>(&self, ids: &[i64]) -> anyhow::Result<Vec<Obj<M>>> {
+        let rows = self.store.find_by_request_ids(&[M::KIND], ids).await?;
         rows.iter().map(typed).collect()
     }
 

@@ -11,8 +11,8 @@ pub use context::{Models, StepContext, Undecodable};
 pub use model::{Model, Obj};
 pub use registry::{Registry, StepModule};
 pub use traits::{
-    Event, EventError, EventOutcome, EventStep, ModelPolicy, Progress, PullReport, PullStep,
-    StepError, StepResult, SyncStep, Transport,
+    handle_each, Event, EventError, EventOutcome, EventStep, ModelPolicy, Progress, PullReport,
+    PullStep, StepError, StepResult, SyncStep, Transport,
 };
 
 pub(crate) use registry::{Op, PolicyEvent};
@@ -20,8 +20,9 @@ pub(crate) use registry::{Op, PolicyEvent};
 /// Everything a step module needs: `use crate::step::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        Event, EventError, EventOutcome, EventStep, Model, ModelPolicy, Models, Obj, Progress,
-        PullReport, PullStep, Registry, StepContext, StepError, StepResult, SyncStep, Transport,
+        handle_each, Event, EventError, EventOutcome, EventStep, Model, ModelPolicy, Models, Obj,
+        Progress, PullReport, PullStep, Registry, StepContext, StepError, StepResult, SyncStep,
+        Transport, Undecodable,
     };
     pub use crate::config::Settings;
     pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, Settler};

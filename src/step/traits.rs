@@ -198,4 +198,35 @@ pub trait EventStep: Send + Sync + 'static {
 
     /// Applies one message; called at least once per message, so it must be idempotent.
     async fn handle(&self, event: &Event, models: &Models) -> Result<EventOutcome, EventError>;
+
+    /// Applies consecutive messages in their order, one result per message (`Err` is a
+    /// rejection). Transports hand over what has arrived together, so a step that reads and
+    /// writes a batch's models in a few statements keeps up with a busy broker. `Err` means
+    /// nothing may be acknowledged: the whole batch comes again, so this must be idempotent
+    /// too. The default calls [`EventStep::handle`] on each message.
+    async fn handle_batch(
+        &self,
+        events: &[&Event],
+        models: &Models,
+    ) -> anyhow::Result<Vec<Result<EventOutcome, String>>> {
+        handle_each(self, events, models).await
+    }
+}
+
+/// Applies messages one at a time through [`EventStep::handle`]: the default batch, and the
+/// fallback of a step whose batch path meets something only a single message can report.
+pub async fn handle_each<S: EventStep + ?Sized>(
+    step: &S,
+    events: &[&Event],
+    models: &Models,
+) -> anyhow::Result<Vec<Result<EventOutcome, String>>> {
+    let mut results = Vec::with_capacity(events.len());
+    for event in events {
+        results.push(match step.handle(event, models).await {
+            Ok(outcome) => Ok(outcome),
+            Err(EventError::Reject(reason)) => Err(reason),
+            Err(EventError::Transient(e)) => return Err(e),
+        });
+    }
+    Ok(results)
 }

@@ -2,9 +2,9 @@
 
 use serde::Serialize;
 
-use super::{with_pool, Result, Store};
+use super::{with_pool, BeginWrite as _, Result, Store};
 
-/// A message to keep (see [`Store::add_dead_letter`]).
+/// A message to keep (see [`Store::add_dead_letters`]).
 #[derive(Debug, Clone)]
 pub struct NewDeadLetter {
     pub transport: String,
@@ -46,14 +46,25 @@ const COLUMNS: &str =
     "id, transport, topic, routing_key, position, headers, payload, reason, received_at, attempts";
 
 impl Store {
-    /// Keeps a message that could not be applied; returns its id.
-    pub async fn add_dead_letter(&self, d: &NewDeadLetter) -> Result<i64> {
+    /// Keeps messages that could not be applied, all or none; returns their ids in order.
+    pub async fn add_dead_letters(&self, letters: &[NewDeadLetter]) -> Result<Vec<i64>> {
         let sql = "INSERT INTO dead_letters (transport, topic, routing_key, position, headers, payload, reason, received_at) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id";
-        with_pool!(&self.db, pool => Ok(sqlx::query_scalar(sql)
-            .bind(&d.transport).bind(&d.topic).bind(&d.routing_key).bind(&d.position)
-            .bind(&d.headers).bind(&d.payload).bind(&d.reason).bind(d.received_at)
-            .fetch_one(pool).await?))
+        if letters.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin_write().await?;
+            let mut ids = Vec::with_capacity(letters.len());
+            for d in letters {
+                ids.push(sqlx::query_scalar(sql)
+                    .bind(&d.transport).bind(&d.topic).bind(&d.routing_key).bind(&d.position)
+                    .bind(&d.headers).bind(&d.payload).bind(&d.reason).bind(d.received_at)
+                    .fetch_one(&mut *tx).await?);
+            }
+            tx.commit().await?;
+            Ok(ids)
+        })
     }
 
     /// Dead letters, newest first, at most `limit` (all when `None`).
@@ -86,33 +97,5 @@ impl Store {
     pub async fn purge_dead_letters(&self, before: i64) -> Result<u64> {
         let sql = "DELETE FROM dead_letters WHERE received_at < $1";
         with_pool!(&self.db, pool => Ok(sqlx::query(sql).bind(before).execute(pool).await?.rows_affected()))
-    }
-
-    /// Objects of `kinds` whose observed status has `request_id` = `id` (indexed).
-    pub async fn find_by_request_id(
-        &self,
-        kinds: &[&str],
-        id: i64,
-    ) -> Result<Vec<super::ObjectRow>> {
-        let cols = super::objects::OBJECT_COLUMNS;
-        let rows: Vec<super::ObjectRow> = match &self.db {
-            super::Db::Sqlite(pool) => {
-                let sql = format!("SELECT {cols} FROM objects WHERE json_extract(status, '$.request_id') IS NOT NULL \
-                                   AND json_extract(status, '$.request_id') = $1");
-                sqlx::query_as(&sql).bind(id).fetch_all(pool).await?
-            }
-            super::Db::Postgres(pool) => {
-                let sql = format!("SELECT {cols} FROM objects WHERE ((status::jsonb) ->> 'request_id') IS NOT NULL \
-                                   AND ((status::jsonb) ->> 'request_id') = $1");
-                sqlx::query_as(&sql)
-                    .bind(id.to_string())
-                    .fetch_all(pool)
-                    .await?
-            }
-        };
-        Ok(rows
-            .into_iter()
-            .filter(|r| kinds.contains(&r.kind.as_str()))
-            .collect())
     }
 }

@@ -52,27 +52,28 @@ const INSERT: &str = "INSERT INTO executions (kind, key, step, generation, cause
 
 impl InsertExecutions for sqlx::SqliteConnection {
     async fn insert_executions(&mut self, rows: &[&NewExecution]) -> Result<()> {
-        // Bound rows, the columns a batch shares (step, cause, holder, outcome: usually one
-        // group) bound once per group: binding is most of an insert's cost here, and
-        // extracting fields from one JSON parameter was slower still.
-        let mut groups: BTreeMap<(&str, &str, &str, &str), Vec<&NewExecution>> = BTreeMap::new();
+        // Bound rows, the columns a batch shares (step, holder, outcome: usually one group,
+        // and the cause when every row of the group has the same) bound once per group:
+        // binding is most of an insert's cost here, and extracting fields from one JSON
+        // parameter was slower still.
+        let mut groups: BTreeMap<(&str, &str, &str), Vec<&NewExecution>> = BTreeMap::new();
         for e in rows {
-            let shared = (
-                e.step.as_str(),
-                e.cause.as_str(),
-                e.holder.as_str(),
-                e.outcome.as_str(),
-            );
+            let shared = (e.step.as_str(), e.holder.as_str(), e.outcome.as_str());
             groups.entry(shared).or_default().push(e);
         }
-        for ((step, cause, holder, outcome), group) in &groups {
+        for ((step, holder, outcome), group) in &groups {
             for chunk in group.chunks(1000) {
+                let one_cause = chunk.iter().all(|e| e.cause == chunk[0].cause);
                 let mut q = sqlx::QueryBuilder::new(INSERT);
                 q.push("SELECT column1, column2, ")
                     .push_bind(*step)
-                    .push(", column3, ")
-                    .push_bind(*cause)
-                    .push(", ")
+                    .push(", column3, ");
+                if one_cause {
+                    q.push_bind(chunk[0].cause.as_str());
+                } else {
+                    q.push("column7");
+                }
+                q.push(", ")
                     .push_bind(*holder)
                     .push(", column4, column5, ")
                     .push_bind(*outcome)
@@ -84,6 +85,9 @@ impl InsertExecutions for sqlx::SqliteConnection {
                         .push_bind(e.started_at)
                         .push_bind(e.duration_ms)
                         .push_bind(&e.error);
+                    if !one_cause {
+                        b.push_bind(&e.cause);
+                    }
                 });
                 q.push(")");
                 q.build().execute(&mut *self).await?;

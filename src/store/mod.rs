@@ -11,6 +11,7 @@ mod leases;
 mod objects;
 mod policy;
 mod query;
+mod status;
 mod work;
 
 use std::collections::HashMap;

@@ -227,25 +227,6 @@ impl Store {
         with_pool!(&self.db, pool => Ok(sqlx::query_as(&sql).bind(kind).bind(key).fetch_optional(pool).await?))
     }
 
-    /// Replaces an object's observed status; bumps `revision` only if it changed. Returns
-    /// whether anything changed (false also when the object does not exist).
-    pub async fn set_status(
-        &self,
-        kind: &str,
-        key: &str,
-        status: &Value,
-        now: i64,
-    ) -> Result<bool> {
-        let status = canonical(status);
-        with_pool!(&self.db, pool => {
-            let done = sqlx::query(
-                "UPDATE objects SET status = $1, revision = revision + 1, updated_at = $2 \
-                 WHERE kind = $3 AND key = $4 AND status <> $1")
-                .bind(&status).bind(now).bind(kind).bind(key).execute(pool).await?;
-            Ok(done.rows_affected() > 0)
-        })
-    }
-
     /// Asks for an immediate re-sync (an event said something changed). Never shortens the
     /// backoff of an object whose last attempt failed.
     pub async fn resync(&self, kind: &str, key: &str, now: i64) -> Result<bool> {

@@ -1,0 +1,147 @@
+//! Observed status: finding the objects behind Workspaces requests, and writing many statuses
+//! in one transaction, so an event step can apply a broker's batch in a few statements.
+
+use std::collections::HashSet;
+
+use serde_json::Value;
+
+use super::objects::{canonical, object_json_columns, ObjectRow, OBJECT_COLUMNS};
+use super::{Db, Result, Store, StoreError};
+
+impl Store {
+    /// Replaces an object's observed status; bumps `revision` only if it changed. Returns
+    /// whether it changed.
+    pub async fn set_status(
+        &self,
+        kind: &str,
+        key: &str,
+        status: &Value,
+        now: i64,
+    ) -> Result<bool> {
+        let changed = self
+            .set_statuses(kind, &[(key.to_string(), status.clone())], now, false)
+            .await?;
+        Ok(changed > 0)
+    }
+
+    /// Replaces the observed status of objects of `kind` in one statement (a key given twice
+    /// takes its last status); with `resync`, each one that changed is also due at once, as
+    /// [`Store::resync`] does. Returns how many changed.
+    pub async fn set_statuses(
+        &self,
+        kind: &str,
+        items: &[(String, Value)],
+        now: i64,
+        resync: bool,
+    ) -> Result<u64> {
+        let mut seen = HashSet::new();
+        let mut keys = Vec::with_capacity(items.len());
+        let mut statuses = Vec::with_capacity(items.len());
+        for (key, status) in items.iter().rev() {
+            if seen.insert(key.as_str()) {
+                keys.push(key.as_str());
+                statuses.push(canonical(status));
+            }
+        }
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let set = "status = j.status, revision = revision + 1, updated_at = $2, \
+                   next_attempt_at = CASE WHEN $4 AND (enacted < generation OR deleted_at IS NOT NULL) \
+                   AND backend_code <> 2 AND (next_attempt_at IS NULL OR next_attempt_at > $2) \
+                   THEN $2 ELSE next_attempt_at END";
+        let done = match &self.db {
+            Db::Sqlite(pool) => {
+                let pairs: Vec<(&str, &str)> = keys
+                    .iter()
+                    .copied()
+                    .zip(statuses.iter().map(String::as_str))
+                    .collect();
+                // Materialised, so the plan walks the batch and looks each key up, rather
+                // than walking every object of the kind and the batch for each.
+                let sql = format!(
+                    "WITH j(key, status) AS MATERIALIZED \
+                     (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
+                     UPDATE objects SET {set} FROM j \
+                     WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status"
+                );
+                let pairs = serde_json::to_string(&pairs)
+                    .map_err(|e| StoreError::Invalid(format!("encoding statuses: {e}")))?;
+                sqlx::query(&sql)
+                    .bind(pairs)
+                    .bind(now)
+                    .bind(kind)
+                    .bind(resync)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "UPDATE objects SET {set} \
+                     FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[])) AS j(key, status) \
+                     WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status"
+                );
+                sqlx::query(&sql)
+                    .bind(&keys)
+                    .bind(now)
+                    .bind(kind)
+                    .bind(resync)
+                    .bind(&statuses)
+                    .execute(pool)
+                    .await?
+                    .rows_affected()
+            }
+        };
+        Ok(done)
+    }
+
+    /// Objects of `kinds` whose observed status has `request_id` = `id` (indexed).
+    pub async fn find_by_request_id(&self, kinds: &[&str], id: i64) -> Result<Vec<ObjectRow>> {
+        self.find_by_request_ids(kinds, &[id]).await
+    }
+
+    /// Objects of `kinds` whose observed status has a `request_id` among `ids` (indexed).
+    pub async fn find_by_request_ids(&self, kinds: &[&str], ids: &[i64]) -> Result<Vec<ObjectRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let set = self.id_param(ids.iter().copied());
+        let kinds_param = self.text_param(kinds.iter().copied());
+        let rows: Vec<ObjectRow> = match &self.db {
+            Db::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT json_group_array(json_array({})) FROM objects \
+                     WHERE json_extract(status, '$.request_id') IS NOT NULL \
+                     AND json_extract(status, '$.request_id') IN (SELECT value FROM json_each($1)) \
+                     AND kind{}",
+                    object_json_columns(),
+                    self.in_texts(2)
+                );
+                let text: String = sqlx::query_scalar(&sql)
+                    .bind(set)
+                    .bind(kinds_param)
+                    .fetch_one(pool)
+                    .await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Invalid(format!("decoding objects: {e}")))?
+            }
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "SELECT {} FROM objects \
+                     WHERE ((status::jsonb) ->> 'request_id') IS NOT NULL \
+                     AND ((status::jsonb) ->> 'request_id') = ANY(CAST($1 AS TEXT[])) \
+                     AND kind{}",
+                    OBJECT_COLUMNS,
+                    self.in_texts(2)
+                );
+                sqlx::query_as(&sql)
+                    .bind(set)
+                    .bind(kinds_param)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+        Ok(rows)
+    }
+}

@@ -1,0 +1,245 @@
+//! Messages that arrive together are applied as one batch: in their order, one outcome per
+//! message, and acknowledged (AMQP) or committed (Kafka) only when the whole batch is stored.
+
+mod common;
+
+use std::time::Duration;
+
+use common::brokers::*;
+use common::status_world::*;
+use common::Backend;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+use thalamus::bus::{deliver_batch, AmqpSession, Delivery};
+use thalamus::step::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+fn message(payload: Vec<u8>, i: usize) -> Event {
+    Event {
+        transport: Transport::Direct,
+        topic: STATUS.into(),
+        routing_key: None,
+        payload,
+        headers: vec![],
+        position: format!("test@{i}"),
+    }
+}
+
+fn batch(payloads: Vec<Vec<u8>>) -> Vec<Event> {
+    payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| message(p, i))
+        .collect()
+}
+
+async fn a_batch_is_applied_in_order_one_outcome_per_message(backend: Backend) {
+    let w = World::new(backend, "batch-order").await;
+    w.executing(1..=2).await;
+    let events = batch(vec![
+        status(1, "Executing", "2026-01-01T00:00:01Z"),
+        status(1, "Complete", "2026-01-01T00:00:02Z"),
+        b"{not json".to_vec(),
+        status(99, "Complete", "2026-01-01T00:00:02Z"), // no such request
+        status(2, "Complete", "2026-01-01T00:00:05Z"),
+        status(2, "Executing", "2026-01-01T00:00:04Z"), // older than what came before it
+    ]);
+    let shutdown = CancellationToken::new();
+    let first = deliver_batch(&w.engine, &events, &shutdown).await.unwrap();
+    let kinds: Vec<&str> = first.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        ["applied", "applied", "dead", "dead", "applied", "unchanged"]
+    );
+    for n in [1, 2] {
+        let ing = w.ingestion(n).await;
+        assert_eq!(
+            ing.status.request.state.as_deref(),
+            Some("Complete"),
+            "obs{n}"
+        );
+    }
+    assert_eq!(
+        w.ingestion(2).await.status.request.updated_at.as_deref(),
+        Some("2026-01-01T00:00:05Z")
+    );
+    // The clock is frozen: only the batch's re-sync can make them run now.
+    w.engine.run_once().await.unwrap();
+    for n in [1, 2] {
+        let ing = w.ingestion(n).await;
+        assert_eq!(ing.enacted, ing.generation, "obs{n} enacted");
+    }
+    // The same batch again (a redelivery) changes nothing and dead-letters the same two.
+    let again = deliver_batch(&w.engine, &events, &shutdown).await.unwrap();
+    let kinds: Vec<&str> = again.iter().map(kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            "unchanged",
+            "unchanged",
+            "dead",
+            "dead",
+            "unchanged",
+            "unchanged"
+        ]
+    );
+    assert_eq!(w.dead_letters().await, 4);
+    let m = w.engine.event_metrics().snapshot();
+    assert_eq!((m.applied, m.unchanged, m.dead_lettered), (3, 5, 4));
+}
+
+fn kind(d: &Delivery) -> &'static str {
+    match d {
+        Delivery::Applied => "applied",
+        Delivery::Unchanged => "unchanged",
+        Delivery::DeadLettered(_) => "dead",
+        Delivery::Abandoned => "abandoned",
+    }
+}
+
+both_backends!(a_batch_is_applied_in_order_one_outcome_per_message);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_does_not_decode_rejects_only_its_messages() {
+    let w = World::new(Backend::Sqlite, "batch-undecodable").await;
+    w.executing([1]).await;
+    let store = w.engine.store();
+    let broken = serde_json::json!({"written_by": "an older version"});
+    store
+        .upsert("Ingestion", "VLA/broken", &broken, 0)
+        .await
+        .unwrap();
+    let status77 = serde_json::json!({"request_id": 77});
+    store
+        .set_status("Ingestion", "VLA/broken", &status77, 0)
+        .await
+        .unwrap();
+    let events = batch(vec![
+        status(77, "Complete", "2026-01-01T00:00:01Z"),
+        status(1, "Complete", "2026-01-01T00:00:01Z"),
+    ]);
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(10),
+        deliver_batch(&w.engine, &events, &CancellationToken::new()),
+    )
+    .await
+    .expect("a poison model must not make the consumer retry forever")
+    .unwrap();
+    assert_eq!(
+        outcome.iter().map(kind).collect::<Vec<_>>(),
+        ["dead", "applied"]
+    );
+    assert_eq!(
+        w.ingestion(1).await.status.request.state.as_deref(),
+        Some("Complete")
+    );
+}
+
+/// 600 statuses of request 1, each newer than the last: more than one batch holds.
+fn progress() -> Vec<Vec<u8>> {
+    (0..600)
+        .map(|i| {
+            let state = if i == 599 { "Complete" } else { "Executing" };
+            let ts = format!("2026-01-01T00:{:02}:{:02}Z", i / 60, i % 60);
+            status(1, state, &ts)
+        })
+        .collect()
+}
+
+/// Waits for all 600 to be stored. One AMQP queue keeps their order, so each is newer than
+/// the last and applies; a Kafka topic's partitions may interleave them, and then a message
+/// older than one already applied changes nothing. Either way the newest status wins.
+async fn all_stored(w: &World, in_order: bool) {
+    let metrics = w.engine.event_metrics();
+    eventually("600 messages stored", || async {
+        let m = metrics.snapshot();
+        m.applied + m.unchanged + m.dead_lettered == 600
+    })
+    .await;
+    let m = metrics.snapshot();
+    assert_eq!(m.dead_lettered, 0);
+    if in_order {
+        assert_eq!(m.applied, 600);
+    }
+    let r = w.ingestion(1).await.status.request;
+    assert_eq!(
+        (r.state.as_deref(), r.updated_at.as_deref()),
+        (Some("Complete"), Some("2026-01-01T00:09:59Z"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_batches_are_acknowledged_in_full() {
+    let w = World::new(Backend::Sqlite, "batch-amqp").await;
+    w.executing([1]).await;
+    drop(AmqpSession::connect(&w.events).await.unwrap());
+    publish_amqp(&actual(&w.events, STATUS), "x", &progress()).await;
+    let (stop, running) = run(&w.engine);
+    all_stored(&w, true).await;
+    stop.cancel();
+    running.await.unwrap();
+    // The controller's connection is closed: anything it left unacknowledged is back in the
+    // queue now.
+    let conn = Connection::connect(AMQP, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let channel = conn.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let queue = channel
+        .queue_declare(
+            w.events.amqp.queue.as_str().into(),
+            passive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queue.message_count(), 0, "every message was acknowledged");
+    cleanup_amqp(&w.events).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_batches_are_committed_in_full() {
+    let w = World::new(Backend::Sqlite, "batch-kafka").await;
+    w.executing([1]).await;
+    let topic = actual(&w.events, STATUS);
+    produce_kafka(&topic, &progress()).await;
+    let (stop, running) = run(&w.engine);
+    all_stored(&w, false).await;
+    // Asks the group's committed offsets without joining the group: in each partition the
+    // committed offset is the next to read, so together they count the messages committed.
+    let probe: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", KAFKA)
+        .set("group.id", &w.events.kafka.group_id)
+        .create()
+        .unwrap();
+    let metadata = probe
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let mut partitions = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        partitions.add_partition(&topic, p.id());
+    }
+    eventually("every message's offset committed", || {
+        let committed = probe.committed_offsets(partitions.clone(), Duration::from_secs(5));
+        let total: i64 = committed.map_or(0, |c| {
+            c.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(n) => n,
+                    _ => 0,
+                })
+                .sum()
+        });
+        async move { total == 600 }
+    })
+    .await;
+    stop.cancel();
+    running.await.unwrap();
+}
