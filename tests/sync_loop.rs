@@ -481,6 +481,52 @@ async fn shutdown_grace_abandons_hung_steps(backend: Backend) {
     assert_eq!(next.sync_pass().await.unwrap().synced, 1);
 }
 
+async fn shutdown_gives_back_the_page_claimed_ahead(backend: Backend) {
+    // One object a round: while "slow" runs, the next round's page ("after") is claimed.
+    let h = Harness::with(backend, |s| s.sync.page_size = 1, |_, _| {}).await;
+    h.script.set("slow", Act::Sleep(Duration::from_millis(300)));
+    for key in ["slow", "after"] {
+        h.models().upsert(key, &Parent { value: 1 }).await.unwrap();
+    }
+    let engine = h.engine.clone();
+    let started = h.script.started.notified();
+    let run = tokio::spawn(async move { engine.run().await });
+    started.await;
+    h.engine.shutdown_token().cancel();
+    run.await.unwrap().unwrap();
+    assert_eq!(h.row("Parent", "slow").await.enacted, 1);
+    assert_eq!(h.row("Parent", "after").await.enacted, 0, "never started");
+    // Its lease was given back, so the next process runs it at once.
+    let next = h.another_engine("next").await;
+    assert_eq!(next.sync_pass().await.unwrap().synced, 1);
+    assert_eq!(h.row("Parent", "after").await.enacted, 1);
+}
+
+async fn a_page_claimed_ahead_is_claimed_afresh_after_a_long_round(backend: Backend) {
+    // Leases last 600 s. "after" is claimed ahead at T0 while "slow" runs; the round takes
+    // 400 s of the clock, so "after" must not start on the lease that ends at T0 + 600 s.
+    let h = Harness::with(backend, |s| s.sync.page_size = 1, |_, _| {}).await;
+    for key in ["slow", "after"] {
+        h.script.set(key, Act::Sleep(Duration::from_millis(300)));
+        h.models().upsert(key, &Parent { value: 1 }).await.unwrap();
+    }
+    let engine = h.engine.clone();
+    let started = h.script.started.notified();
+    let pass = tokio::spawn(async move { engine.sync_pass().await });
+    started.await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // the claim ahead is done
+    h.clock.advance(400_000);
+    while h.script.calls("after") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    h.clock.advance(250_000);
+    // At T0 + 650 s a replica finds "after" still leased, so it does not run it twice.
+    let replica = h.another_engine("replica").await;
+    assert_eq!(replica.sync_pass().await.unwrap().synced, 0);
+    assert_eq!(pass.await.unwrap().unwrap().synced, 2);
+    assert_eq!(h.script.calls("after"), 1);
+}
+
 both_backends!(
     runs_parents_before_children,
     children_in_later_rounds_still_follow_parents,
@@ -500,4 +546,6 @@ both_backends!(
     leases_keep_claims_exclusive_until_expiry,
     shutdown_lets_running_steps_finish,
     shutdown_grace_abandons_hung_steps,
+    shutdown_gives_back_the_page_claimed_ahead,
+    a_page_claimed_ahead_is_claimed_afresh_after_a_long_round,
 );

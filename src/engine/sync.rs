@@ -8,7 +8,7 @@ use anyhow::Context as _;
 
 use super::runner::{Job, Node, Round};
 use super::Engine;
-use crate::store::{DependencyState, ObjectRow};
+use crate::store::{DependencyState, ObjectRow, OutcomeRecord, Settled};
 
 /// What one sync pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,20 +45,68 @@ impl AddAssign for SyncReport {
 impl Engine {
     /// Runs every object that is dirty and due as of the start of the pass, in rounds of at
     /// most `sync.page_size` objects. Objects rescheduled during the pass wait for the next.
+    /// The next page is claimed while a round runs, so the claim's SQL overlaps the steps;
+    /// its dependencies are read only when it runs, after the round's outcomes are stored.
     pub async fn sync_pass(&self) -> anyhow::Result<SyncReport> {
         let due_by = self.clock.now_ms();
         let mut report = SyncReport::default();
+        // A page claimed ahead whose leases are half spent (a long round) is given back and
+        // claimed afresh, so no lease runs out under a running step.
+        let fresh_for = (self.settings.sync.lease_seconds as i64) * 500;
+        let (mut ahead, mut claimed_at) = (Vec::new(), 0);
         while !self.shutdown.is_cancelled() {
-            let rows = self
-                .claim_round(due_by)
-                .await
-                .context("claiming due objects")?;
+            if !ahead.is_empty() && self.clock.now_ms() - claimed_at > fresh_for {
+                self.release(std::mem::take(&mut ahead)).await?;
+            }
+            let rows = if ahead.is_empty() {
+                self.claim_round(due_by)
+                    .await
+                    .context("claiming due objects")?
+            } else {
+                std::mem::take(&mut ahead)
+            };
             if rows.is_empty() {
                 break;
             }
-            report += self.run_round(rows).await?;
+            let claiming = self.clock.now_ms();
+            let (round, next) = tokio::join!(self.run_round(rows), self.claim_round(due_by));
+            match (round, next) {
+                (Ok(round), Ok(next)) => {
+                    report += round;
+                    (ahead, claimed_at) = (next, claiming);
+                }
+                (Err(e), Ok(next)) => {
+                    self.release(next).await?;
+                    return Err(e);
+                }
+                (Ok(_), Err(e)) => return Err(e.context("claiming due objects")),
+                (Err(e), Err(_)) => return Err(e),
+            }
         }
+        report.released += self.release(ahead).await?;
         Ok(report)
+    }
+
+    /// Gives back the leases of claimed objects that will not run (shutdown, a failed round).
+    async fn release(&self, rows: Vec<ObjectRow>) -> anyhow::Result<usize> {
+        let records: Vec<OutcomeRecord> = rows
+            .into_iter()
+            .map(|row| OutcomeRecord {
+                id: row.id,
+                kind: row.kind.clone(),
+                key: row.key.clone(),
+                generation: row.generation,
+                settled: Settled::Released,
+                status: None,
+                execution: None,
+                has_dependents: false,
+            })
+            .collect();
+        self.store
+            .settle(self.holder(), self.clock.now_ms(), &records)
+            .await
+            .context("giving back leases")?;
+        Ok(records.len())
     }
 
     /// Claims up to a page of due objects, kinds in sync order so parents come with children.
