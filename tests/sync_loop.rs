@@ -527,6 +527,36 @@ async fn a_page_claimed_ahead_is_claimed_afresh_after_a_long_round(backend: Back
     assert_eq!(h.script.calls("after"), 1);
 }
 
+async fn an_object_changed_while_claimed_ahead_runs_as_it_is_now(backend: Backend) {
+    // "after" is claimed ahead while "slow" runs, then deleted before its round starts.
+    let h = Harness::with(backend, |s| s.sync.page_size = 1, |_, _| {}).await;
+    h.script.set("slow", Act::Sleep(Duration::from_millis(300)));
+    for key in ["slow", "after"] {
+        h.models().upsert(key, &Parent { value: 1 }).await.unwrap();
+    }
+    let engine = h.engine.clone();
+    let started = h.script.started.notified();
+    let pass = tokio::spawn(async move { engine.sync_pass().await });
+    started.await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // the claim ahead is done
+    h.clock.advance(1_000);
+    h.store()
+        .delete("Parent", "after", h.clock.now_ms())
+        .await
+        .unwrap();
+    pass.await.unwrap().unwrap();
+    assert_eq!(
+        h.script.synced(),
+        ["Parent/slow"],
+        "not synced from the old row"
+    );
+    h.engine.run_once().await.unwrap();
+    assert!(
+        h.store().get("Parent", "after").await.unwrap().is_none(),
+        "the deletion was not lost"
+    );
+}
+
 both_backends!(
     runs_parents_before_children,
     children_in_later_rounds_still_follow_parents,
@@ -548,4 +578,5 @@ both_backends!(
     shutdown_grace_abandons_hung_steps,
     shutdown_gives_back_the_page_claimed_ahead,
     a_page_claimed_ahead_is_claimed_afresh_after_a_long_round,
+    an_object_changed_while_claimed_ahead_runs_as_it_is_now,
 );

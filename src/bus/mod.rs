@@ -60,6 +60,7 @@ pub async fn deliver_batch(
         .without_max_times()
         .with_jitter()
         .build();
+    let mut retried = false;
     loop {
         match apply(engine, events).await {
             Ok(deliveries) => {
@@ -69,12 +70,14 @@ pub async fn deliver_batch(
                 metrics.applied(applied);
                 metrics.unchanged(count(|d| *d == Delivery::Unchanged));
                 metrics.dead_lettered(count(|d| matches!(d, Delivery::DeadLettered(_))));
-                if applied > 0 {
+                // A failed attempt may have stored effects that now read as unchanged.
+                if applied > 0 || retried {
                     engine.wake();
                 }
                 return Some(deliveries);
             }
             Err(e) => {
+                retried = true;
                 metrics.retried();
                 let delay = delays.next().unwrap_or(Duration::from_secs(30));
                 let first = events.first().map_or("", |e| e.position.as_str());

@@ -60,8 +60,8 @@ pub struct AmqpSettings {
     pub url: String,
     /// thalamus's own durable queue: messages published while it is down wait there.
     pub queue: String,
-    /// Unacknowledged messages the broker may send ahead; above `events.max_batch`, so the
-    /// next batch arrives while one is applied.
+    /// Unacknowledged messages the broker may send ahead; best above `events.max_batch`, so
+    /// the next batch arrives while one is applied (below it, batches are at most this big).
     pub prefetch: u16,
     pub bindings: Vec<AmqpBinding>,
 }

@@ -50,8 +50,9 @@ impl Engine {
 
     /// Applies messages in their order through every event step subscribed to their topics,
     /// one report per message. Consecutive messages on one topic go to each step as one
-    /// batch. An `Err` means the effects may not all be stored: the transport must not
-    /// acknowledge any of them, so they all come again (steps are idempotent).
+    /// batch (a topic with several steps gives each step the whole run in turn). An `Err`
+    /// means the effects may not all be stored: the transport must not acknowledge any of
+    /// them, so they all come again (steps are idempotent).
     pub async fn apply_events(&self, events: &[Event]) -> anyhow::Result<Vec<EventReport>> {
         let mut tallies: Vec<Tally> = events.iter().map(|_| Tally::default()).collect();
         let mut executions = Vec::with_capacity(events.len());

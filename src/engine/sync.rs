@@ -1,7 +1,7 @@
 //! The sync pass: claim due dirty objects a page at a time (kinds in dependency order), run
 //! their steps concurrently where dependencies allow, and settle outcomes in batches.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::AddAssign;
 
 use anyhow::Context as _;
@@ -19,7 +19,7 @@ pub struct SyncReport {
     pub permanent: usize,
     pub waiting: usize,
     pub reaped: usize,
-    /// Claimed but given back unrun (shutdown).
+    /// Claimed but given back unrun (shutdown, or changed since it was claimed ahead).
     pub released: usize,
 }
 
@@ -50,30 +50,23 @@ impl Engine {
     pub async fn sync_pass(&self) -> anyhow::Result<SyncReport> {
         let due_by = self.clock.now_ms();
         let mut report = SyncReport::default();
-        // A page claimed ahead whose leases are half spent (a long round) is given back and
-        // claimed afresh, so no lease runs out under a running step.
-        let fresh_for = (self.settings.sync.lease_seconds as i64) * 500;
-        let (mut ahead, mut claimed_at) = (Vec::new(), 0);
+        let mut ahead = Vec::new();
         while !self.shutdown.is_cancelled() {
-            if !ahead.is_empty() && self.clock.now_ms() - claimed_at > fresh_for {
-                self.release(std::mem::take(&mut ahead)).await?;
-            }
-            let rows = if ahead.is_empty() {
-                self.claim_round(due_by)
+            let mut rows = self.renew(std::mem::take(&mut ahead)).await?;
+            if rows.is_empty() {
+                rows = self
+                    .claim_round(due_by)
                     .await
-                    .context("claiming due objects")?
-            } else {
-                std::mem::take(&mut ahead)
-            };
+                    .context("claiming due objects")?;
+            }
             if rows.is_empty() {
                 break;
             }
-            let claiming = self.clock.now_ms();
             let (round, next) = tokio::join!(self.run_round(rows), self.claim_round(due_by));
             match (round, next) {
                 (Ok(round), Ok(next)) => {
                     report += round;
-                    (ahead, claimed_at) = (next, claiming);
+                    ahead = next;
                 }
                 (Err(e), Ok(next)) => {
                     self.release(next).await?;
@@ -87,7 +80,30 @@ impl Engine {
         Ok(report)
     }
 
-    /// Gives back the leases of claimed objects that will not run (shutdown, a failed round).
+    /// Makes a page claimed during the last round current: its leases start afresh, and the
+    /// objects that changed since the claim (a new spec, a deletion, an event) are given back,
+    /// to be claimed again as they are now. Returns the rows to run.
+    async fn renew(&self, rows: Vec<ObjectRow>) -> anyhow::Result<Vec<ObjectRow>> {
+        if rows.is_empty() {
+            return Ok(rows);
+        }
+        let lease_until = self.clock.now_ms() + (self.settings.sync.lease_seconds as i64) * 1000;
+        let claimed: Vec<(i64, i64)> = rows.iter().map(|r| (r.id, r.revision)).collect();
+        let current: HashSet<i64> = self
+            .store
+            .renew_claims(self.holder(), lease_until, &claimed)
+            .await
+            .context("renewing claims")?
+            .into_iter()
+            .collect();
+        let (keep, stale): (Vec<_>, Vec<_>) =
+            rows.into_iter().partition(|r| current.contains(&r.id));
+        self.release(stale).await?;
+        Ok(keep)
+    }
+
+    /// Gives back the leases of claimed objects that will not run: at shutdown, after a failed
+    /// round, or changed since they were claimed ahead.
     async fn release(&self, rows: Vec<ObjectRow>) -> anyhow::Result<usize> {
         let records: Vec<OutcomeRecord> = rows
             .into_iter()

@@ -56,6 +56,21 @@ impl MemLeases {
             .collect()
     }
 
+    /// Extends to `until` the leases `holder` still has on `ids`; returns whether each was
+    /// held.
+    pub fn renew(&self, ids: &[i64], holder: &str, until: i64) -> Vec<bool> {
+        let mut held = self.held();
+        ids.iter()
+            .map(|id| match held.get_mut(id) {
+                Some((h, live)) if &**h == holder => {
+                    *live = until;
+                    true
+                }
+                _ => false,
+            })
+            .collect()
+    }
+
     /// Gives back the leases `holder` still has on `ids`; returns whether each was held.
     pub fn release(&self, ids: &[i64], holder: &str) -> Vec<bool> {
         let mut held = self.held();

@@ -103,7 +103,7 @@ pub enum Settled {
     Waiting { on: String, until: i64 },
     /// The delete step finished (or was not needed): remove the row.
     Reaped,
-    /// Not run (shutdown): give the lease back untouched.
+    /// Not run (shutdown, or changed since it was claimed ahead): give the lease back untouched.
     Released,
 }
 
@@ -267,6 +267,55 @@ impl Store {
         };
         rows.sort_by_key(|r| (r.next_attempt_at, r.id));
         Ok(rows)
+    }
+
+    /// For objects claimed a while ago (`(id, revision)` as claimed): extends `holder`'s
+    /// leases to `lease_until` and returns the ids still leased and unchanged since the
+    /// claim. The others (changed, deleted, lease lost) are the caller's to give back.
+    pub async fn renew_claims(
+        &self,
+        holder: &str,
+        lease_until: i64,
+        claimed: &[(i64, i64)],
+    ) -> Result<Vec<i64>> {
+        if claimed.is_empty() {
+            return Ok(Vec::new());
+        }
+        match &self.db {
+            Db::Sqlite(pool) => {
+                let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
+                let held = self.mem_leases.renew(&ids, holder, lease_until);
+                let pairs: Vec<&(i64, i64)> = claimed
+                    .iter()
+                    .zip(held)
+                    .filter(|(_, h)| *h)
+                    .map(|(c, _)| c)
+                    .collect();
+                let pairs = serde_json::to_string(&pairs)
+                    .map_err(|e| StoreError::Invalid(format!("encoding claims: {e}")))?;
+                let text: String = sqlx::query_scalar(
+                    "SELECT json_group_array(o.id) FROM json_each($1) AS j \
+                     JOIN objects o ON o.id = (j.value ->> 0) AND o.revision = (j.value ->> 1)",
+                )
+                .bind(pairs)
+                .fetch_one(pool)
+                .await?;
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Invalid(format!("decoding claims: {e}")))
+            }
+            Db::Postgres(pool) => {
+                let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
+                let revisions: Vec<i64> = claimed.iter().map(|(_, r)| *r).collect();
+                // Only unchanged objects are renewed; the others' leases are given back next.
+                Ok(sqlx::query_scalar(
+                    "UPDATE leases l SET until = $3 \
+                     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($4 AS BIGINT[])) AS j(id, revision), objects o \
+                     WHERE l.holder = $2 AND l.id = j.id AND o.id = j.id AND o.revision = j.revision \
+                     RETURNING l.id")
+                    .bind(&ids).bind(holder).bind(lease_until).bind(&revisions)
+                    .fetch_all(pool).await?)
+            }
+        }
     }
 
     /// Gives back every lease (SQLite at start-up: the single process that held them is gone).

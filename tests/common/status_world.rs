@@ -63,6 +63,7 @@ pub struct World {
 }
 
 impl World {
+    /// A fresh database and engine; `test` names the brokers' topics and queue.
     pub async fn new(backend: Backend, test: &str) -> Self {
         ensure_kafka();
         let db = TestDb::new(backend).await;
@@ -98,6 +99,7 @@ impl World {
         self.engine.run_once().await.unwrap();
     }
 
+    /// The Ingestion of `VLA/obs<n>`.
     pub async fn ingestion(&self, n: i64) -> Obj<Ingestion> {
         self.engine
             .models()
@@ -107,6 +109,7 @@ impl World {
             .unwrap()
     }
 
+    /// How many dead letters are stored.
     pub async fn dead_letters(&self) -> usize {
         self.engine.store().dead_letters(None).await.unwrap().len()
     }
