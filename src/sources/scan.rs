@@ -135,6 +135,14 @@ impl Settler {
         }
     }
 
+    /// Heap bytes its memory of datasets holds (table slots, names), for the benchmark: a
+    /// figure the allocator's reuse of freed memory cannot hide, as it can an RSS delta.
+    pub fn tracked_bytes(&self) -> usize {
+        let slot = std::mem::size_of::<(String, Seen)>() + 1;
+        let names: usize = self.seen.keys().map(String::capacity).sum();
+        self.seen.capacity() * slot + names
+    }
+
     /// Records this poll's listing of a dataset; returns whether it is settled now.
     pub fn observe(&mut self, scan: &DatasetScan, now_ms: i64) -> bool {
         let fingerprint = scan.fingerprint();
