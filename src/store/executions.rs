@@ -1,7 +1,5 @@
 //! The executions audit trail: one row per sync, delete, policy or event attempt.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 
 use super::{with_pool, Result, Store};
@@ -50,48 +48,76 @@ pub(crate) trait InsertExecutions {
 
 const INSERT: &str = "INSERT INTO executions (kind, key, step, generation, cause, holder, started_at, duration_ms, outcome, error) ";
 
+/// One column value of an execution, to bind.
+#[derive(Clone, Copy, PartialEq)]
+enum Val<'a> {
+    Text(&'a str),
+    Int(i64),
+    Maybe(Option<&'a str>),
+}
+
+/// The executions columns in [`INSERT`] order, read from a row.
+const COLUMNS: [fn(&NewExecution) -> Val<'_>; 10] = [
+    |e| Val::Text(&e.kind),
+    |e| Val::Text(&e.key),
+    |e| Val::Text(&e.step),
+    |e| Val::Int(e.generation),
+    |e| Val::Text(&e.cause),
+    |e| Val::Text(&e.holder),
+    |e| Val::Int(e.started_at),
+    |e| Val::Int(e.duration_ms),
+    |e| Val::Text(&e.outcome),
+    |e| Val::Maybe(e.error.as_deref()),
+];
+
+/// The key column: always bound per row, so a chunk has at least one per-row column.
+const KEY: usize = 1;
+
+fn push_val<'a>(b: &mut sqlx::query_builder::Separated<'_, 'a, sqlx::Sqlite, &str>, v: Val<'a>) {
+    match v {
+        Val::Text(t) => b.push_bind(t),
+        Val::Int(i) => b.push_bind(i),
+        Val::Maybe(m) => b.push_bind(m),
+    };
+}
+
 impl InsertExecutions for sqlx::SqliteConnection {
     async fn insert_executions(&mut self, rows: &[&NewExecution]) -> Result<()> {
-        // Bound rows, the columns a batch shares (step, holder, outcome: usually one group,
-        // and the cause when every row of the group has the same) bound once per group:
+        // Bound rows, and a column whose value every row of the chunk shares (the kind, step,
+        // cause, holder, outcome, generation, no error: usually all of them) bound once:
         // binding is most of an insert's cost here, and extracting fields from one JSON
         // parameter was slower still.
-        let mut groups: BTreeMap<(&str, &str, &str), Vec<&NewExecution>> = BTreeMap::new();
-        for e in rows {
-            let shared = (e.step.as_str(), e.holder.as_str(), e.outcome.as_str());
-            groups.entry(shared).or_default().push(e);
-        }
-        for ((step, holder, outcome), group) in &groups {
-            for chunk in group.chunks(1000) {
-                let one_cause = chunk.iter().all(|e| e.cause == chunk[0].cause);
-                let mut q = sqlx::QueryBuilder::new(INSERT);
-                q.push("SELECT column1, column2, ")
-                    .push_bind(*step)
-                    .push(", column3, ");
-                if one_cause {
-                    q.push_bind(chunk[0].cause.as_str());
-                } else {
-                    q.push("column7");
-                }
-                q.push(", ")
-                    .push_bind(*holder)
-                    .push(", column4, column5, ")
-                    .push_bind(*outcome)
-                    .push(", column6 FROM (");
-                q.push_values(chunk.iter(), |mut b, e| {
-                    b.push_bind(&e.kind)
-                        .push_bind(&e.key)
-                        .push_bind(e.generation)
-                        .push_bind(e.started_at)
-                        .push_bind(e.duration_ms)
-                        .push_bind(&e.error);
-                    if !one_cause {
-                        b.push_bind(&e.cause);
+        for chunk in rows.chunks(1000) {
+            let first = chunk[0];
+            let shared: Vec<bool> = COLUMNS
+                .iter()
+                .enumerate()
+                .map(|(c, col)| c != KEY && chunk.iter().all(|e| col(e) == col(first)))
+                .collect();
+            let mut q = sqlx::QueryBuilder::new(INSERT);
+            q.push("SELECT ");
+            let mut per_row = 0;
+            {
+                let mut select = q.separated(", ");
+                for (c, col) in COLUMNS.iter().enumerate() {
+                    if shared[c] {
+                        push_val(&mut select, col(first));
+                    } else {
+                        per_row += 1;
+                        select.push(format!("column{per_row}"));
                     }
-                });
-                q.push(")");
-                q.build().execute(&mut *self).await?;
+                }
             }
+            q.push(" FROM (");
+            q.push_values(chunk.iter(), |mut b, e| {
+                for (c, col) in COLUMNS.iter().enumerate() {
+                    if !shared[c] {
+                        push_val(&mut b, col(e));
+                    }
+                }
+            });
+            q.push(")");
+            q.build().execute(&mut *self).await?;
         }
         Ok(())
     }
