@@ -50,9 +50,9 @@ impl Engine {
     pub async fn sync_pass(&self) -> anyhow::Result<SyncReport> {
         let due_by = self.clock.now_ms();
         let mut report = SyncReport::default();
-        let mut ahead = Vec::new();
+        let (mut ahead, mut claimed_at) = (Vec::new(), 0);
         while !self.shutdown.is_cancelled() {
-            let mut rows = self.renew(std::mem::take(&mut ahead)).await?;
+            let mut rows = self.renew(std::mem::take(&mut ahead), claimed_at).await?;
             if rows.is_empty() {
                 rows = self
                     .claim_round(due_by)
@@ -62,6 +62,7 @@ impl Engine {
             if rows.is_empty() {
                 break;
             }
+            claimed_at = self.clock.now_ms();
             let (round, next) = tokio::join!(self.run_round(rows), self.claim_round(due_by));
             match (round, next) {
                 (Ok(round), Ok(next)) => {
@@ -80,18 +81,21 @@ impl Engine {
         Ok(report)
     }
 
-    /// Makes a page claimed during the last round current: its leases start afresh, and the
-    /// objects that changed since the claim (a new spec, a deletion, an event) are given back,
-    /// to be claimed again as they are now. Returns the rows to run.
-    async fn renew(&self, rows: Vec<ObjectRow>) -> anyhow::Result<Vec<ObjectRow>> {
+    /// Makes a page claimed during the last round (at `claimed_at`) current: the objects that
+    /// changed since the claim (a new spec, a deletion, an event) are given back, to be
+    /// claimed again as they are now, and if the round took over a tenth of the lease, the
+    /// leases start afresh. Returns the rows to run.
+    async fn renew(&self, rows: Vec<ObjectRow>, claimed_at: i64) -> anyhow::Result<Vec<ObjectRow>> {
         if rows.is_empty() {
             return Ok(rows);
         }
-        let lease_until = self.clock.now_ms() + (self.settings.sync.lease_seconds as i64) * 1000;
+        let now = self.clock.now_ms();
+        let lease_ms = (self.settings.sync.lease_seconds as i64) * 1000;
+        let renew_until = (now - claimed_at > lease_ms / 10).then_some(now + lease_ms);
         let claimed: Vec<(i64, i64)> = rows.iter().map(|r| (r.id, r.revision)).collect();
         let current: HashSet<i64> = self
             .store
-            .renew_claims(self.holder(), lease_until, &claimed)
+            .renew_claims(self.holder(), renew_until, &claimed)
             .await
             .context("renewing claims")?
             .into_iter()

@@ -56,14 +56,16 @@ impl MemLeases {
             .collect()
     }
 
-    /// Extends to `until` the leases `holder` still has on `ids`; returns whether each was
-    /// held.
-    pub fn renew(&self, ids: &[i64], holder: &str, until: i64) -> Vec<bool> {
+    /// Extends to `until` (if given) the leases `holder` still has on `ids`; returns whether
+    /// each was held.
+    pub fn renew(&self, ids: &[i64], holder: &str, until: Option<i64>) -> Vec<bool> {
         let mut held = self.held();
         ids.iter()
             .map(|id| match held.get_mut(id) {
                 Some((h, live)) if &**h == holder => {
-                    *live = until;
+                    if let Some(until) = until {
+                        *live = until;
+                    }
                     true
                 }
                 _ => false,

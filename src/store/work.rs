@@ -269,13 +269,13 @@ impl Store {
         Ok(rows)
     }
 
-    /// For objects claimed a while ago (`(id, revision)` as claimed): extends `holder`'s
-    /// leases to `lease_until` and returns the ids still leased and unchanged since the
-    /// claim. The others (changed, deleted, lease lost) are the caller's to give back.
+    /// For objects claimed a while ago (`(id, revision)` as claimed): returns the ids still
+    /// leased and unchanged since the claim, and with `renew_until` extends `holder`'s leases
+    /// on them. The others (changed, deleted, lease lost) are the caller's to give back.
     pub async fn renew_claims(
         &self,
         holder: &str,
-        lease_until: i64,
+        renew_until: Option<i64>,
         claimed: &[(i64, i64)],
     ) -> Result<Vec<i64>> {
         if claimed.is_empty() {
@@ -284,7 +284,7 @@ impl Store {
         match &self.db {
             Db::Sqlite(pool) => {
                 let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
-                let held = self.mem_leases.renew(&ids, holder, lease_until);
+                let held = self.mem_leases.renew(&ids, holder, renew_until);
                 let pairs: Vec<&(i64, i64)> = claimed
                     .iter()
                     .zip(held)
@@ -307,13 +307,23 @@ impl Store {
                 let ids: Vec<i64> = claimed.iter().map(|(id, _)| *id).collect();
                 let revisions: Vec<i64> = claimed.iter().map(|(_, r)| *r).collect();
                 // Only unchanged objects are renewed; the others' leases are given back next.
-                Ok(sqlx::query_scalar(
-                    "UPDATE leases l SET until = $3 \
-                     FROM UNNEST(CAST($1 AS BIGINT[]), CAST($4 AS BIGINT[])) AS j(id, revision), objects o \
-                     WHERE l.holder = $2 AND l.id = j.id AND o.id = j.id AND o.revision = j.revision \
-                     RETURNING l.id")
-                    .bind(&ids).bind(holder).bind(lease_until).bind(&revisions)
-                    .fetch_all(pool).await?)
+                // Without a renewal the leases are young and still ours: only compare.
+                let sql = match renew_until {
+                    Some(_) => "UPDATE leases l SET until = $3 \
+                        FROM UNNEST(CAST($1 AS BIGINT[]), CAST($4 AS BIGINT[])) AS j(id, revision), objects o \
+                        WHERE l.holder = $2 AND l.id = j.id AND o.id = j.id AND o.revision = j.revision \
+                        RETURNING l.id",
+                    None => "SELECT o.id FROM UNNEST(CAST($1 AS BIGINT[]), CAST($4 AS BIGINT[])) AS j(id, revision) \
+                        JOIN objects o ON o.id = j.id AND o.revision = j.revision \
+                        WHERE $2::TEXT IS NOT NULL AND $3::BIGINT IS NULL",
+                };
+                Ok(sqlx::query_scalar(sql)
+                    .bind(&ids)
+                    .bind(holder)
+                    .bind(renew_until)
+                    .bind(&revisions)
+                    .fetch_all(pool)
+                    .await?)
             }
         }
     }
