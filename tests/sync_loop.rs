@@ -481,17 +481,33 @@ async fn shutdown_grace_abandons_hung_steps(backend: Backend) {
     assert_eq!(next.sync_pass().await.unwrap().synced, 1);
 }
 
-async fn shutdown_gives_back_the_page_claimed_ahead(backend: Backend) {
-    // One object a round: while "slow" runs, the next round's page ("after") is claimed.
+/// One object a round: "slow" (300 ms) runs while the page holding "after" (doing `after`)
+/// is claimed ahead. Returns once that claim is done, with `run` still running the engine.
+async fn while_after_is_claimed_ahead<T, Fut>(
+    backend: Backend,
+    after: Act,
+    run: impl FnOnce(thalamus::engine::Engine) -> Fut,
+) -> (Harness, tokio::task::JoinHandle<T>)
+where
+    Fut: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
     let h = Harness::with(backend, |s| s.sync.page_size = 1, |_, _| {}).await;
     h.script.set("slow", Act::Sleep(Duration::from_millis(300)));
+    h.script.set("after", after);
     for key in ["slow", "after"] {
         h.models().upsert(key, &Parent { value: 1 }).await.unwrap();
     }
-    let engine = h.engine.clone();
     let started = h.script.started.notified();
-    let run = tokio::spawn(async move { engine.run().await });
+    let running = tokio::spawn(run(h.engine.clone()));
     started.await;
+    tokio::time::sleep(Duration::from_millis(100)).await; // the claim ahead is done
+    (h, running)
+}
+
+async fn shutdown_gives_back_the_page_claimed_ahead(backend: Backend) {
+    let (h, run) =
+        while_after_is_claimed_ahead(backend, Act::Ok, |e| async move { e.run().await }).await;
     h.engine.shutdown_token().cancel();
     run.await.unwrap().unwrap();
     assert_eq!(h.row("Parent", "slow").await.enacted, 1);
@@ -505,16 +521,9 @@ async fn shutdown_gives_back_the_page_claimed_ahead(backend: Backend) {
 async fn a_page_claimed_ahead_is_claimed_afresh_after_a_long_round(backend: Backend) {
     // Leases last 600 s. "after" is claimed ahead at T0 while "slow" runs; the round takes
     // 400 s of the clock, so "after" must not start on the lease that ends at T0 + 600 s.
-    let h = Harness::with(backend, |s| s.sync.page_size = 1, |_, _| {}).await;
-    for key in ["slow", "after"] {
-        h.script.set(key, Act::Sleep(Duration::from_millis(300)));
-        h.models().upsert(key, &Parent { value: 1 }).await.unwrap();
-    }
-    let engine = h.engine.clone();
-    let started = h.script.started.notified();
-    let pass = tokio::spawn(async move { engine.sync_pass().await });
-    started.await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // the claim ahead is done
+    let slow = Act::Sleep(Duration::from_millis(300));
+    let (h, pass) =
+        while_after_is_claimed_ahead(backend, slow, |e| async move { e.sync_pass().await }).await;
     h.clock.advance(400_000);
     while h.script.calls("after") == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -528,17 +537,10 @@ async fn a_page_claimed_ahead_is_claimed_afresh_after_a_long_round(backend: Back
 }
 
 async fn an_object_changed_while_claimed_ahead_runs_as_it_is_now(backend: Backend) {
-    // "after" is claimed ahead while "slow" runs, then deleted before its round starts.
-    let h = Harness::with(backend, |s| s.sync.page_size = 1, |_, _| {}).await;
-    h.script.set("slow", Act::Sleep(Duration::from_millis(300)));
-    for key in ["slow", "after"] {
-        h.models().upsert(key, &Parent { value: 1 }).await.unwrap();
-    }
-    let engine = h.engine.clone();
-    let started = h.script.started.notified();
-    let pass = tokio::spawn(async move { engine.sync_pass().await });
-    started.await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // the claim ahead is done
+    // "after" is deleted while claimed ahead, before its round starts.
+    let (h, pass) =
+        while_after_is_claimed_ahead(backend, Act::Ok, |e| async move { e.sync_pass().await })
+            .await;
     h.clock.advance(1_000);
     h.store()
         .delete("Parent", "after", h.clock.now_ms())
