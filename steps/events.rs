@@ -212,17 +212,28 @@ impl<M: Model> Requesters<M> {
         indices.len()
     }
 
-    /// Writes the changed statuses in one transaction and asks for their re-sync.
+    /// Writes the changed statuses in one statement and asks for their re-sync. An object
+    /// changed by someone else since the batch read it (a sync step's outcome) is not
+    /// overwritten: the batch fails and comes again, and then reads it as it is.
     async fn store(&self, models: &Models) -> anyhow::Result<()> {
-        let items: Vec<(&str, &M::Status)> = self
+        let changed: Vec<&Obj<M>> = self
             .objects
             .iter()
             .zip(&self.changed)
             .filter(|(_, changed)| **changed)
-            .map(|(obj, _)| (obj.key.as_str(), &obj.status))
+            .map(|(obj, _)| obj)
             .collect();
-        if !items.is_empty() {
-            models.set_statuses::<M>(&items, true).await?;
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let written = models.set_statuses::<M>(&changed, true).await?;
+        if written < changed.len() as u64 {
+            bail!(
+                "{} of {} {} changed while their status messages were applied; applying again",
+                changed.len() as u64 - written,
+                changed.len(),
+                M::KIND
+            );
         }
         Ok(())
     }

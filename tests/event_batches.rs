@@ -243,3 +243,36 @@ async fn kafka_batches_are_committed_in_full() {
     stop.cancel();
     running.await.unwrap();
 }
+
+async fn a_status_changed_since_it_was_read_is_not_overwritten(backend: Backend) {
+    let w = World::new(backend, "batch-stale-write").await;
+    w.executing([1]).await;
+    let models = w.engine.models();
+    let mut read = w.ingestion(1).await;
+    // Meanwhile a sync step's outcome records something new.
+    let mut newer = read.status.clone();
+    newer.request.message = Some("recorded by the sync step".into());
+    let newer_json = serde_json::to_value(&newer).unwrap();
+    let store = w.engine.store();
+    assert!(store
+        .set_status("Ingestion", "VLA/obs1", &newer_json, 0)
+        .await
+        .unwrap());
+    read.status.request.state = Some("Complete".into());
+    assert_eq!(models.set_statuses(&[&read], true).await.unwrap(), 0);
+    let now = w.ingestion(1).await;
+    assert_eq!(
+        now.status.request.message.as_deref(),
+        Some("recorded by the sync step")
+    );
+    // Read again, the same change is written.
+    let mut again = now.clone();
+    again.status.request.state = Some("Complete".into());
+    assert_eq!(models.set_statuses(&[&again], true).await.unwrap(), 1);
+    assert_eq!(
+        w.ingestion(1).await.status.request.state.as_deref(),
+        Some("Complete")
+    );
+}
+
+both_backends!(a_status_changed_since_it_was_read_is_not_overwritten);

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::model::{Model, Obj};
 use crate::clock::Clock;
-use crate::store::{Change, ObjectRow, SpecChange, Store};
+use crate::store::{Change, ObjectRow, SpecChange, StatusWrite, Store};
 
 /// Typed read/write access to models, for pull steps, policies and event steps.
 #[derive(Clone)]
@@ -77,22 +77,29 @@ impl Models {
             .await?)
     }
 
-    /// Replaces the observed status of many objects of kind `M` in one transaction; with
-    /// `resync`, each one that changed is due at once (as [`Models::resync`]). Returns how
-    /// many changed.
+    /// Writes back the observed status of objects read earlier, in one statement, each only
+    /// if nobody changed the object since it was read (its revision); with `resync`, each one
+    /// written is due at once (as [`Models::resync`]). Returns how many were written: fewer
+    /// than given means some changed meanwhile and should be read again.
     pub async fn set_statuses<M: Model>(
         &self,
-        items: &[(&str, &M::Status)],
+        objects: &[&Obj<M>],
         resync: bool,
     ) -> anyhow::Result<u64> {
-        let values = items
+        let writes = objects
             .iter()
-            .map(|(k, s)| Ok((k.to_string(), serde_json::to_value(s)?)))
+            .map(|o| {
+                Ok(StatusWrite {
+                    key: o.key.clone(),
+                    status: serde_json::to_value(&o.status)?,
+                    revision: Some(o.revision),
+                })
+            })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .context("serialising status")?;
         Ok(self
             .store
-            .set_statuses(M::KIND, &values, self.now_ms(), resync)
+            .set_statuses(M::KIND, &writes, self.now_ms(), resync)
             .await?)
     }
 
@@ -168,5 +175,6 @@ pub(crate) fn typed<M: Model>(row: &ObjectRow) -> anyhow::Result<Obj<M>> {
         enacted: row.enacted,
         attempts: row.attempts,
         deleted: row.deleted_at.is_some(),
+        revision: row.revision,
     })
 }

@@ -26,4 +26,7 @@ pub struct Obj<M: Model> {
     pub attempts: i32,
     /// Soft-deleted: the sync loop is running `delete`.
     pub deleted: bool,
+    /// The object's revision when it was read (every change bumps it), so a write can insist
+    /// that nobody changed the object since.
+    pub revision: i64,
 }

@@ -28,6 +28,7 @@ pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use executions::{Execution, NewExecution};
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
+pub use status::StatusWrite;
 pub use work::{synced_message, Claimed, Dependency, DependencyState, OutcomeRecord, Settled};
 
 /// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.

@@ -8,6 +8,16 @@ use serde_json::Value;
 use super::objects::{canonical, object_json_columns, ObjectRow, OBJECT_COLUMNS};
 use super::{Db, Result, Store, StoreError};
 
+/// A status to write to one object, by key.
+#[derive(Debug, Clone)]
+pub struct StatusWrite {
+    pub key: String,
+    pub status: Value,
+    /// Write only if the object's revision is still this (nobody changed it since it was
+    /// read); `None` writes whatever it is.
+    pub revision: Option<i64>,
+}
+
 impl Store {
     /// Replaces an object's observed status; bumps `revision` only if it changed. Returns
     /// whether it changed.
@@ -18,29 +28,34 @@ impl Store {
         status: &Value,
         now: i64,
     ) -> Result<bool> {
-        let changed = self
-            .set_statuses(kind, &[(key.to_string(), status.clone())], now, false)
-            .await?;
-        Ok(changed > 0)
+        let write = StatusWrite {
+            key: key.to_string(),
+            status: status.clone(),
+            revision: None,
+        };
+        Ok(self.set_statuses(kind, &[write], now, false).await? > 0)
     }
 
     /// Replaces the observed status of objects of `kind` in one statement (a key given twice
-    /// takes its last status); with `resync`, each one that changed is also due at once, as
+    /// takes its last status), each only if it differs and its revision is still the one
+    /// given; with `resync`, each one that changed is also due at once, as
     /// [`Store::resync`] does. Returns how many changed.
     pub async fn set_statuses(
         &self,
         kind: &str,
-        items: &[(String, Value)],
+        items: &[StatusWrite],
         now: i64,
         resync: bool,
     ) -> Result<u64> {
         let mut seen = HashSet::new();
         let mut keys = Vec::with_capacity(items.len());
         let mut statuses = Vec::with_capacity(items.len());
-        for (key, status) in items.iter().rev() {
-            if seen.insert(key.as_str()) {
-                keys.push(key.as_str());
-                statuses.push(canonical(status));
+        let mut revisions = Vec::with_capacity(items.len());
+        for w in items.iter().rev() {
+            if seen.insert(w.key.as_str()) {
+                keys.push(w.key.as_str());
+                statuses.push(canonical(&w.status));
+                revisions.push(w.revision);
             }
         }
         if keys.is_empty() {
@@ -52,23 +67,25 @@ impl Store {
                    THEN $2 ELSE next_attempt_at END";
         let done = match &self.db {
             Db::Sqlite(pool) => {
-                let pairs: Vec<(&str, &str)> = keys
+                let rows: Vec<(&str, &str, Option<i64>)> = keys
                     .iter()
-                    .copied()
-                    .zip(statuses.iter().map(String::as_str))
+                    .zip(&statuses)
+                    .zip(&revisions)
+                    .map(|((k, s), r)| (*k, s.as_str(), *r))
                     .collect();
                 // Materialised, so the plan walks the batch and looks each key up, rather
                 // than walking every object of the kind and the batch for each.
                 let sql = format!(
-                    "WITH j(key, status) AS MATERIALIZED \
-                     (SELECT value ->> 0, value ->> 1 FROM json_each($1)) \
+                    "WITH j(key, status, expected) AS MATERIALIZED \
+                     (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1)) \
                      UPDATE objects SET {set} FROM j \
-                     WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status"
+                     WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
+                     AND (j.expected IS NULL OR objects.revision = j.expected)"
                 );
-                let pairs = serde_json::to_string(&pairs)
+                let rows = serde_json::to_string(&rows)
                     .map_err(|e| StoreError::Invalid(format!("encoding statuses: {e}")))?;
                 sqlx::query(&sql)
-                    .bind(pairs)
+                    .bind(rows)
                     .bind(now)
                     .bind(kind)
                     .bind(resync)
@@ -79,8 +96,10 @@ impl Store {
             Db::Postgres(pool) => {
                 let sql = format!(
                     "UPDATE objects SET {set} \
-                     FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[])) AS j(key, status) \
-                     WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status"
+                     FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[]), CAST($6 AS BIGINT[])) \
+                     AS j(key, status, expected) \
+                     WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
+                     AND (j.expected IS NULL OR objects.revision = j.expected)"
                 );
                 sqlx::query(&sql)
                     .bind(&keys)
@@ -88,6 +107,7 @@ impl Store {
                     .bind(kind)
                     .bind(resync)
                     .bind(&statuses)
+                    .bind(&revisions)
                     .execute(pool)
                     .await?
                     .rows_affected()
