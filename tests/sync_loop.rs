@@ -559,6 +559,29 @@ async fn an_object_changed_while_claimed_ahead_runs_as_it_is_now(backend: Backen
     );
 }
 
+async fn an_object_deleted_while_its_step_runs_is_still_deleted(backend: Backend) {
+    let h = Harness::new(backend).await;
+    h.script.set("p", Act::Sleep(Duration::from_millis(300)));
+    h.models().upsert("p", &Parent { value: 1 }).await.unwrap();
+    let engine = h.engine.clone();
+    let started = h.script.started.notified();
+    let pass = tokio::spawn(async move { engine.sync_pass().await });
+    started.await;
+    h.clock.advance(1_000);
+    h.store()
+        .delete("Parent", "p", h.clock.now_ms())
+        .await
+        .unwrap();
+    assert_eq!(pass.await.unwrap().unwrap().synced, 1);
+    // The sync that finished after the deletion must not leave it without a next attempt.
+    h.engine.run_once().await.unwrap();
+    assert_eq!(h.script.deleted(), ["Parent/p"]);
+    assert!(
+        h.store().get("Parent", "p").await.unwrap().is_none(),
+        "reaped"
+    );
+}
+
 both_backends!(
     runs_parents_before_children,
     children_in_later_rounds_still_follow_parents,
@@ -581,4 +604,5 @@ both_backends!(
     shutdown_gives_back_the_page_claimed_ahead,
     a_page_claimed_ahead_is_claimed_afresh_after_a_long_round,
     an_object_changed_while_claimed_ahead_runs_as_it_is_now,
+    an_object_deleted_while_its_step_runs_is_still_deleted,
 );

@@ -142,7 +142,7 @@ macro_rules! settle_one {
                 "UPDATE objects SET {STATUS}, enacted = CASE WHEN $6 > enacted THEN $6 ELSE enacted END, \
                  backend_code = 1, backend_status = $7, attempts = 0, waiting_on = NULL, last_error = NULL, \
                  last_success_at = $5, need_delete = TRUE, \
-                 next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE NULL END {where_}"),
+                 next_attempt_at = CASE WHEN generation > $6 OR deleted_at IS NOT NULL THEN next_attempt_at ELSE NULL END {where_}"),
             Settled::Deferred { .. } => format!(
                 "UPDATE objects SET {STATUS}, backend_code = 0, backend_status = $7, waiting_on = NULL, \
                  need_delete = TRUE, next_attempt_at = CASE WHEN generation > $6 THEN next_attempt_at ELSE $8 END {where_}"),
@@ -435,7 +435,7 @@ impl Store {
             };
             let bulk_sql = format!(
                 "{mine}UPDATE objects SET enacted = CASE WHEN $1 > enacted THEN $1 ELSE enacted END, backend_status = $2, \
-                 next_attempt_at = CASE WHEN generation > $1 THEN next_attempt_at ELSE NULL END, backend_code = 1, \
+                 next_attempt_at = CASE WHEN generation > $1 OR deleted_at IS NOT NULL THEN next_attempt_at ELSE NULL END, backend_code = 1, \
                  attempts = 0, waiting_on = NULL, last_error = NULL, need_delete = TRUE, last_success_at = $3, \
                  updated_at = $3 WHERE {targets}");
             for (generation, ids) in &by_generation {
