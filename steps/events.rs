@@ -287,8 +287,13 @@ impl EventStep for IngestionComplete {
         }
         obj.status.request.completed_generation = Some(obj.generation);
         obj.status.request.state = Some("Complete".into());
-        models.set_status::<Ingestion>(&key, &obj.status).await?;
-        models.resync::<Ingestion>(&key).await?;
+        // Written (and re-synced) only if nobody changed it since it was read; otherwise the
+        // message comes again and finds it as it is.
+        if models.set_statuses(&[&obj], true).await? == 0 {
+            return Err(EventError::Transient(anyhow!(
+                "Ingestion {key} changed while ingestion-complete was applied; applying again"
+            )));
+        }
         Ok(EventOutcome::Applied(format!(
             "Ingestion {key} generation {} complete",
             obj.generation

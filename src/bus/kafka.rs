@@ -49,6 +49,12 @@ impl ConsumerContext for LagContext {}
 #[derive(Debug, Clone)]
 pub struct Received {
     pub event: Event,
+    mark: Mark,
+}
+
+/// Where a received message stands in its partition, to commit past it.
+#[derive(Debug, Clone)]
+struct Mark {
     topic: String,
     partition: i32,
     offset: i64,
@@ -146,9 +152,11 @@ impl KafkaSource {
         };
         Ok(Received {
             event,
-            topic: m.topic().to_string(),
-            partition: m.partition(),
-            offset: m.offset(),
+            mark: Mark {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+            },
         })
     }
 
@@ -171,10 +179,15 @@ impl KafkaSource {
 
     /// Commits past every message of `batch`: their effects are stored.
     pub fn commit(&self, batch: &[Received]) -> anyhow::Result<()> {
+        self.commit_marks(batch.iter().map(|r| &r.mark))
+    }
+
+    /// Commits, in each partition, past the furthest of `marks`.
+    fn commit_marks<'a>(&self, marks: impl Iterator<Item = &'a Mark>) -> anyhow::Result<()> {
         let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-        for r in batch {
-            let offset = next.entry((r.topic.as_str(), r.partition)).or_default();
-            *offset = (*offset).max(r.offset + 1);
+        for m in marks {
+            let offset = next.entry((m.topic.as_str(), m.partition)).or_default();
+            *offset = (*offset).max(m.offset + 1);
         }
         let mut tpl = TopicPartitionList::new();
         for ((topic, partition), offset) in next {
@@ -202,11 +215,12 @@ impl KafkaSource {
                     continue;
                 }
             };
-            let events: Vec<Event> = batch.iter().map(|r| r.event.clone()).collect();
+            let (events, marks): (Vec<Event>, Vec<Mark>) =
+                batch.into_iter().map(|r| (r.event, r.mark)).unzip();
             if deliver_batch(engine, &events, shutdown).await.is_none() {
                 return;
             }
-            if let Err(e) = self.commit(&batch) {
+            if let Err(e) = self.commit_marks(marks.iter()) {
                 // The effects are stored; a lost commit only means a harmless redelivery.
                 let first = events.first().map_or("", |e| e.position.as_str());
                 warn!(messages = events.len(), first = %first, "{e:#}");

@@ -103,11 +103,6 @@ impl Models {
             .await?)
     }
 
-    /// Objects of kind `M` whose observed status records Workspaces request `id` (indexed).
-    pub async fn with_request_id<M: Model>(&self, id: i64) -> anyhow::Result<Vec<Obj<M>>> {
-        self.with_request_ids::<M>(&[id]).await
-    }
-
     /// Objects of kind `M` whose observed status records one of the requests `ids`, in one
     /// indexed query.
     pub async fn with_request_ids<M: Model>(&self, ids: &[i64]) -> anyhow::Result<Vec<Obj<M>>> {

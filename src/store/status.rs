@@ -116,11 +116,6 @@ impl Store {
         Ok(done)
     }
 
-    /// Objects of `kinds` whose observed status has `request_id` = `id` (indexed).
-    pub async fn find_by_request_id(&self, kinds: &[&str], id: i64) -> Result<Vec<ObjectRow>> {
-        self.find_by_request_ids(kinds, &[id]).await
-    }
-
     /// Objects of `kinds` whose observed status has a `request_id` among `ids` (indexed).
     pub async fn find_by_request_ids(&self, kinds: &[&str], ids: &[i64]) -> Result<Vec<ObjectRow>> {
         if ids.is_empty() {
