@@ -107,9 +107,24 @@ impl Store {
         now: i64,
     ) -> Result<Vec<SpecChange>> {
         let mut prepared = Vec::with_capacity(items.len());
+        let mut given: HashMap<&str, String> = HashMap::with_capacity(items.len());
         for (key, spec) in items {
+            let text = canonical(spec);
+            match given.get(key.as_str()) {
+                // The same desired state twice is one; two different ones for one key would
+                // make the spec (and the generation) flip between them on every poll.
+                Some(first) if *first == text => continue,
+                Some(_) => {
+                    return Err(StoreError::Invalid(format!(
+                        "{kind} {key} is given twice with different specs in one upsert"
+                    )))
+                }
+                None => {
+                    given.insert(key, text.clone());
+                }
+            }
             let links = self.links_of(kind, key, spec)?;
-            prepared.push((key.as_str(), canonical(spec), links));
+            prepared.push((key.as_str(), text, links));
         }
         let mut out = Vec::with_capacity(items.len());
         with_pool!(&self.db, pool => {
@@ -126,20 +141,8 @@ impl Store {
                 let found: Vec<Existing> = q.build_query_as().fetch_all(&mut *tx).await?;
                 let found: HashMap<String, Existing> = found.into_iter().map(|e| (e.key.clone(), e)).collect();
                 for (key, spec, links) in chunk {
-                    let change = match found.get(*key) {
-                        Some(e) if e.spec == *spec && e.deleted_at.is_none() => Change::Unchanged,
-                        Some(e) => {
-                            let generation: i64 = sqlx::query_scalar(
-                                "UPDATE objects SET spec = $1, generation = generation + 1, \
-                                 revision = revision + 1, next_attempt_at = $2, attempts = 0, \
-                                 backend_code = 0, backend_status = 'spec changed', waiting_on = NULL, \
-                                 deleted_at = NULL, updated_at = $2 WHERE id = $3 RETURNING generation")
-                                .bind(spec).bind(now).bind(e.id)
-                                .fetch_one(&mut *tx).await?;
-                            sqlx::query("DELETE FROM links WHERE src_id = $1").bind(e.id).execute(&mut *tx).await?;
-                            insert_links!(tx, e.id, links);
-                            Change::Updated { generation }
-                        }
+                    let existing = match found.get(*key) {
+                        Some(e) => Some(e.id),
                         None => {
                             let id: Option<i64> = sqlx::query_scalar(
                                 "INSERT INTO objects (kind, key, spec, next_attempt_at, created_at, updated_at, \
@@ -147,12 +150,42 @@ impl Store {
                                  ON CONFLICT (kind, key) DO NOTHING RETURNING id")
                                 .bind(kind).bind(*key).bind(spec).bind(now)
                                 .fetch_optional(&mut *tx).await?;
-                            let Some(id) = id else {
-                                return Err(StoreError::Invalid(format!(
-                                    "{kind} {key} was created concurrently by another writer; the next upsert will reconcile it")));
-                            };
-                            insert_links!(tx, id, links);
-                            Change::Created
+                            match id {
+                                Some(id) => {
+                                    insert_links!(tx, id, links);
+                                    None
+                                }
+                                // Another writer created it meanwhile (and has committed: the
+                                // insert waited for it): compare with what it wrote.
+                                None => Some(sqlx::query_scalar("SELECT id FROM objects WHERE kind = $1 AND key = $2")
+                                    .bind(kind).bind(*key).fetch_one(&mut *tx).await?),
+                            }
+                        }
+                    };
+                    let change = match existing {
+                        None => Change::Created,
+                        Some(_) if found.get(*key).is_some_and(|e| e.spec == *spec && e.deleted_at.is_none()) => {
+                            Change::Unchanged
+                        }
+                        Some(id) => {
+                            // The spec is compared again as the row is now, not as it was read:
+                            // two writers upserting the same new spec move the generation once.
+                            let generation: Option<i64> = sqlx::query_scalar(
+                                "UPDATE objects SET spec = $1, generation = generation + 1, \
+                                 revision = revision + 1, next_attempt_at = $2, attempts = 0, \
+                                 backend_code = 0, backend_status = 'spec changed', waiting_on = NULL, \
+                                 deleted_at = NULL, updated_at = $2 \
+                                 WHERE id = $3 AND (spec <> $1 OR deleted_at IS NOT NULL) RETURNING generation")
+                                .bind(spec).bind(now).bind(id)
+                                .fetch_optional(&mut *tx).await?;
+                            match generation {
+                                Some(generation) => {
+                                    sqlx::query("DELETE FROM links WHERE src_id = $1").bind(id).execute(&mut *tx).await?;
+                                    insert_links!(tx, id, links);
+                                    Change::Updated { generation }
+                                }
+                                None => Change::Unchanged,
+                            }
                         }
                     };
                     out.push(SpecChange { key: key.to_string(), change });
