@@ -30,10 +30,11 @@ pub fn graph(settings: &Settings, registry: &Registry) -> anyhow::Result<DepGrap
 /// Opens the configured store.
 pub async fn store(settings: &Settings, open: Open) -> anyhow::Result<Store> {
     let url = crate::config::redact_url(&settings.database.url);
-    Store::connect(
+    Store::connect_with_timeout(
         &settings.database.url,
         settings.database.max_connections,
         open,
+        std::time::Duration::from_secs(settings.database.timeout_seconds),
     )
     .await
     .with_context(|| format!("opening the database at {url}"))

@@ -40,6 +40,9 @@ pub struct Settings {
 pub struct DatabaseSettings {
     pub url: String,
     pub max_connections: u32,
+    /// How long a connection, or one of the sync loop's calls, may take before it counts
+    /// as failed (a database that stops answering is an outage too).
+    pub timeout_seconds: u64,
 }
 
 /// How the sync loop claims and runs work.
@@ -137,7 +140,24 @@ impl Default for DatabaseSettings {
         Self {
             url: "sqlite://thalamus.db".into(),
             max_connections: 8,
+            timeout_seconds: 30,
         }
+    }
+}
+
+impl SyncSettings {
+    /// `step_timeout_seconds` in milliseconds (validation keeps it far from overflowing).
+    pub fn step_timeout_ms(&self) -> i64 {
+        i64::try_from(self.step_timeout_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
+    }
+
+    /// `lease_seconds` in milliseconds (validation keeps it far from overflowing).
+    pub fn lease_ms(&self) -> i64 {
+        i64::try_from(self.lease_seconds)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(1000)
     }
 }
 
@@ -194,6 +214,11 @@ impl Default for LogSettings {
         }
     }
 }
+
+/// The longest lease (and dependency recheck) accepted: a week.
+const MAX_LEASE_SECONDS: u64 = 7 * 86_400;
+/// The longest shutdown grace and pass interval accepted: a day.
+const MAX_WAIT_SECONDS: u64 = 86_400;
 
 /// The file read when `--config` is not given; its absence is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "config.yaml";
@@ -264,6 +289,9 @@ impl Settings {
         if self.database.max_connections == 0 {
             return bad("database.max_connections", "must be at least 1");
         }
+        if !(1..=MAX_WAIT_SECONDS).contains(&self.database.timeout_seconds) {
+            return bad("database.timeout_seconds", "must be from 1 to 86400");
+        }
         let s = &self.sync;
         if s.concurrency == 0 {
             return bad("sync.concurrency", "must be at least 1");
@@ -273,6 +301,24 @@ impl Settings {
         }
         if s.step_timeout_seconds == 0 {
             return bad("sync.step_timeout_seconds", "must be at least 1");
+        }
+        if s.lease_seconds > MAX_LEASE_SECONDS {
+            return bad("sync.lease_seconds", "must be at most 604800 (a week)");
+        }
+        if s.shutdown_grace_seconds > MAX_WAIT_SECONDS {
+            return bad(
+                "sync.shutdown_grace_seconds",
+                "must be at most 86400 (a day)",
+            );
+        }
+        if s.wait_recheck_seconds > MAX_LEASE_SECONDS {
+            return bad(
+                "sync.wait_recheck_seconds",
+                "must be at most 604800 (a week)",
+            );
+        }
+        if s.interval_ms > MAX_WAIT_SECONDS * 1000 {
+            return bad("sync.interval_ms", "must be at most 86400000 (a day)");
         }
         if s.lease_seconds <= s.step_timeout_seconds {
             return bad(

@@ -10,14 +10,16 @@ use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::brokers::eventually;
+use common::gate::Gate;
 use common::workspaces_stub::{Fault, Route, Stub};
 use common::{Backend, TestDb, T0};
 use serde_json::{json, Value};
 use thalamus::clock::ManualClock;
 use thalamus::config::Settings;
-use thalamus::engine::Engine;
+use thalamus::engine::{Engine, EventReport};
 use thalamus::graph::DepGraph;
-use thalamus::step::Registry;
+use thalamus::step::{Event, Registry, Transport};
 use thalamus::steps::archive::CalibrationMark;
 use thalamus::steps::models::{DataFile, Instrument, Observation, Product};
 use thalamus::store::ObjectRow;
@@ -115,13 +117,14 @@ impl World {
 
 async fn engine(db: &TestDb, s: &Settings, clock: &ManualClock) -> Engine {
     let mut registry = Registry::new();
-    use thalamus::steps::{archive, calibrate, ingest, models, policies};
+    use thalamus::steps::{archive, calibrate, events, ingest, models, policies};
     for register in [
         models::register,
         policies::register,
         ingest::register,
         calibrate::register,
         archive::register,
+        events::register,
     ] {
         register(&mut registry, s).unwrap();
     }
@@ -646,7 +649,59 @@ async fn asdm_is_marked_not_calibratable(backend: Backend) {
     );
 }
 
+/// Workspaces publishes a request's status just as the poll of the same request is in
+/// flight, and both say Complete. The status the event wrote and the one the poll found must
+/// both count: the ingestion is complete at its generation, so its calibration is asked for.
+async fn status_event_racing_the_poll_of_its_request(backend: Backend) {
+    let w = World::new(backend, |_| {}).await;
+    let key = w.observe("24A-001.sb1.eb1").await;
+    w.once().await;
+    assert_eq!(w.stub.requests()[0].state, "Submitted");
+    let gate = Gate::new();
+    w.stub.fault(Route::Get, Fault::Hold(gate.clone()));
+    w.stub.set_state(1, "Complete", Some("ingested 1 file"));
+    w.clock.advance(60_000);
+    let engine = w.engine.clone();
+    let pass = tokio::spawn(async move { engine.sync_pass().await });
+    eventually("the poll of request 1", || async {
+        w.stub
+            .lines()
+            .contains(&"GET /workspaces/capability/request/1".to_string())
+    })
+    .await;
+    let event = Event {
+        transport: Transport::Direct,
+        topic: "workspaces.capability-status".into(),
+        routing_key: None,
+        payload: br#"{"type":"capability-status","capability_request_id":1,"state":"Complete",
+                      "timestamp":"2026-01-01T00:01:00Z"}"#
+            .to_vec(),
+        headers: vec![],
+        position: "test".into(),
+    };
+    let applied = w.engine.apply_event(&event).await.unwrap();
+    assert!(matches!(applied, EventReport::Applied(_)), "{applied:?}");
+    gate.open();
+    pass.await.unwrap().unwrap();
+    w.once().await;
+    let row = w.row("Ingestion", &key).await;
+    assert_eq!(row.enacted, 1);
+    let status = w.status("Ingestion", &key).await;
+    assert_eq!(status["completed_generation"], json!(1), "{status}");
+    assert!(
+        w.engine
+            .store()
+            .get("Calibration", &key)
+            .await
+            .unwrap()
+            .is_some(),
+        "the completed ingestion asks for its calibration"
+    );
+    assert_eq!(creates(&w.stub).len(), 2, "one ingestion, one calibration");
+}
+
 both_backends!(
+    status_event_racing_the_poll_of_its_request,
     vla_observation_yields_one_ingestion_then_one_calibration,
     create_answered_with_500_after_creating,
     create_answered_after_the_timeout,
@@ -737,7 +792,7 @@ fn bad_workspaces_and_archive_settings_name_their_key() {
         ),
         (
             "workspaces:\n  requests_per_second: 0\n",
-            "`workspaces.requests_per_second` must be a positive number",
+            "`workspaces.requests_per_second` must be a number from 0.001 to 1000000",
         ),
         (
             "workspaces:\n  ingestion:\n    vla:\n      capability: ''\n",
@@ -753,7 +808,12 @@ fn bad_workspaces_and_archive_settings_name_their_key() {
         ),
         (
             "archive:\n  requests_per_second: -1\n",
-            "`archive.requests_per_second` must be a positive number",
+            "`archive.requests_per_second` must be a number from 0.001 to 1000000",
+        ),
+        (
+            // Once panicked: one call per 1e300 s is no duration.
+            "workspaces:\n  requests_per_second: 1e-300\n",
+            "`workspaces.requests_per_second` must be a number from 0.001 to 1000000",
         ),
     ];
     for (text, expected) in cases {

@@ -5,19 +5,23 @@
 
 mod backoff;
 mod event;
+mod health;
+mod outcome;
 mod policy;
 mod pull;
 mod run;
 mod runner;
 mod sync;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-use tokio::sync::Notify;
+use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
 pub use event::EventReport;
+pub use health::StoreHealth;
 pub use policy::PolicyReport;
 pub use pull::PullSummary;
 pub use sync::SyncReport;
@@ -43,6 +47,12 @@ pub struct Engine {
     shutdown: CancellationToken,
     wake: Arc<Notify>,
     events: Arc<EventMetrics>,
+    /// Whether the store answers, so outages are logged once and shown to operators.
+    pub(crate) health: Arc<StoreHealth>,
+    /// Held by a sync pass: one at a time per engine.
+    pass_lock: Arc<Mutex<()>>,
+    /// A pass failed part-way and may have left leases of this holder behind.
+    stray_leases: Arc<AtomicBool>,
 }
 
 /// What [`Engine::run_once`] did, for the CLI's summary line and tests.
@@ -83,6 +93,9 @@ impl Engine {
             shutdown: CancellationToken::new(),
             wake: Arc::new(Notify::new()),
             events: Arc::new(EventMetrics::new()),
+            health: Arc::new(StoreHealth::default()),
+            pass_lock: Arc::new(Mutex::new(())),
+            stray_leases: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -109,6 +122,11 @@ impl Engine {
     /// Counters of consumed events, for the operator surface.
     pub fn event_metrics(&self) -> Arc<EventMetrics> {
         self.events.clone()
+    }
+
+    /// Whether the store answers, as the loops last found it.
+    pub fn store_health(&self) -> &StoreHealth {
+        &self.health
     }
 
     /// Now, from the engine's clock.

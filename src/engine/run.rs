@@ -11,6 +11,8 @@ use super::Engine;
 
 /// How often old executions are pruned.
 const PRUNE_EVERY_MS: i64 = 3_600_000;
+/// The longest wait between passes while they fail (the store is down).
+const PASS_RETRY_MAX: Duration = Duration::from_secs(5);
 
 impl Engine {
     /// Runs the controller until the shutdown token is cancelled, then lets running steps
@@ -39,21 +41,31 @@ impl Engine {
             ));
         }
         let interval = Duration::from_millis(self.settings.sync.interval_ms.max(10));
+        let mut wait = interval;
         let mut next_prune = 0;
         info!(holder = self.holder(), "controller running");
         while !self.shutdown.is_cancelled() {
+            let now = self.clock.now_ms();
             match self.busy_passes().await {
-                Ok(()) => {}
-                Err(e) => error!("pass failed, retrying in {}ms: {e:#}", interval.as_millis()),
+                Ok(()) => {
+                    self.health.answered(self.clock.now_ms());
+                    wait = interval;
+                }
+                Err(e) => {
+                    // Logged once per outage (see `StoreHealth`); retried ever less often,
+                    // at most every few seconds, so recovery is noticed quickly.
+                    self.health.failed(now, "a sync pass", &e);
+                    wait = (wait * 2).clamp(interval, PASS_RETRY_MAX.max(interval));
+                }
             }
             let now = self.clock.now_ms();
-            if now >= next_prune {
+            if now >= next_prune && self.health.failing_since().is_none() {
                 next_prune = now + PRUNE_EVERY_MS;
                 self.prune(now).await;
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => break,
-                _ = tokio::time::sleep(interval) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
             }
         }

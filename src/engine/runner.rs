@@ -1,28 +1,32 @@
 //! Runs one round of claimed objects as a DAG: a node starts when its in-round prerequisites
-//! have converged, at most `sync.concurrency` at once; outcomes are settled in batches.
+//! have converged, at most `sync.concurrency` at once, and only under a lease that outlives
+//! its timeout; outcomes reach the store within [`FLUSH_EVERY`] of their step finishing, and
+//! a store that fails to take them holds the round (nothing is dropped) until it answers.
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
-use tracing::{debug, info, info_span, warn, Instrument};
+use tokio::time::Instant;
+use tracing::{debug, error, info, info_span, warn, Instrument};
 
+use super::outcome::{self, cause, Ended, MIN_DELAY_MS};
 use super::sync::SyncReport;
 use super::Engine;
-use crate::step::{Op, Progress, StepContext, StepError, StepResult};
+use crate::step::{Op, StepContext, StepError, StepResult};
 use crate::store::{NewExecution, ObjectRow, OutcomeRecord, Settled};
 
-/// Settled outcomes are written at least this often while long steps keep a round open.
-const FLUSH_EVERY: Duration = Duration::from_millis(500);
-/// Outcomes are written once this many have piled up.
-const FLUSH_AT: usize = 1000;
-/// Deferrals and waits are rescheduled at least this far ahead, so a pass always ends.
-const MIN_DELAY_MS: i64 = 1000;
+/// An outcome reaches the store at most this long after its step finished (store willing).
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Outcomes are written at once when this many have piled up.
+const FLUSH_AT: usize = 256;
+/// First and longest wait before the store is tried again after a failure.
+const RETRY_FIRST: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What a claimed object needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,9 @@ pub(super) struct Node {
     pub blockers: usize,
     /// Nodes that wait for this one.
     pub dependents: Vec<usize>,
+    /// Its step has started.
+    running: bool,
+    /// Its outcome is decided (recorded, pending, or its lease lost).
     settled: bool,
 }
 
@@ -58,6 +65,7 @@ impl Node {
             job,
             blockers: 0,
             dependents: Vec::new(),
+            running: false,
             settled: false,
         }
     }
@@ -79,21 +87,37 @@ pub(super) struct Round<'e> {
     nodes: Vec<Node>,
     pending: Vec<OutcomeRecord>,
     report: SyncReport,
+    /// Until when (engine clock, ms) the round's leases are known to be ours.
+    lease_until: i64,
+    /// When the pending outcomes are due to be written.
+    flush_at: Option<Instant>,
+    /// While the store is failing: when to try it again.
+    retry: Option<Instant>,
+    /// The last wait before a retry; zero once the store answered.
+    retry_wait: Duration,
+    /// When running steps are abandoned after a shutdown request.
+    grace_until: Option<Instant>,
 }
 
 impl<'e> Round<'e> {
-    /// A round over the claimed nodes, nothing settled yet.
-    pub fn new(engine: &'e Engine, nodes: Vec<Node>) -> Self {
+    /// A round over the claimed nodes, leased until `lease_until`, nothing settled yet.
+    pub fn new(engine: &'e Engine, nodes: Vec<Node>, lease_until: i64) -> Self {
         Self {
             engine,
             nodes,
             pending: Vec::new(),
             report: SyncReport::default(),
+            lease_until,
+            flush_at: None,
+            retry: None,
+            retry_wait: Duration::ZERO,
+            grace_until: None,
         }
     }
 
-    /// Runs the round to completion (or until shutdown's grace runs out).
-    pub async fn run(mut self, blocked: Vec<(usize, String)>) -> anyhow::Result<SyncReport> {
+    /// Runs the round to completion (or until shutdown's grace runs out). Never fails: a
+    /// store that cannot take outcomes holds them and pauses new steps until it answers.
+    pub async fn run(mut self, blocked: Vec<(usize, String)>) -> SyncReport {
         let e = self.engine;
         for (i, message) in blocked {
             self.wait(i, message);
@@ -105,50 +129,42 @@ impl<'e> Round<'e> {
         // its hand-over cost more than a quick step itself. Steps must not block (see
         // steps/README.md); a panic is caught and isolated to its object.
         let mut tasks: FuturesUnordered<Running> = FuturesUnordered::new();
-        let concurrency = e.settings.sync.concurrency;
-        let grace = tokio::time::sleep(Duration::from_secs(u64::MAX / 4));
-        tokio::pin!(grace);
-        let mut draining = false;
         loop {
-            while !draining && tasks.len() < concurrency {
-                let Some(i) = ready.pop_front() else { break };
-                if self.nodes[i].settled {
-                    continue;
-                }
-                if self.nodes[i].job == Job::Reap {
-                    self.reap(i);
-                    ready.extend(self.release_dependents(i));
-                    continue;
-                }
-                let step = AssertUnwindSafe(self.start(i)).catch_unwind();
-                tasks.push(Box::pin(step.map(move |output| (i, output))));
+            if self.grace_until.is_none() {
+                self.start_ready(&mut ready, &mut tasks).await;
             }
-            if tasks.is_empty() {
+            let stuck = self.grace_until.is_some() || ready.is_empty();
+            if tasks.is_empty() && stuck {
                 break;
             }
+            let timer = self.timer();
             tokio::select! {
-                joined = tasks.next() => {
+                joined = tasks.next(), if !tasks.is_empty() => {
                     let Some((i, output)) = joined else { continue };
                     if self.finish(i, output) {
                         ready.extend(self.release_dependents(i));
                     }
-                    if self.pending.len() >= FLUSH_AT {
-                        self.flush().await?;
+                    if self.pending.len() >= FLUSH_AT && self.retry.is_none() {
+                        self.flush().await;
                     }
                 }
-                _ = e.shutdown.cancelled(), if !draining => {
-                    draining = true;
+                _ = e.shutdown.cancelled(), if self.grace_until.is_none() => {
                     let secs = e.settings.sync.shutdown_grace_seconds;
                     info!(running = tasks.len(), "shutdown: waiting up to {secs}s for running steps");
-                    grace.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(secs));
+                    self.grace_until = Some(Instant::now() + Duration::from_secs(secs));
                 }
-                _ = &mut grace, if draining => {
+                _ = sleep_until(self.grace_until), if self.grace_until.is_some() && !tasks.is_empty() => {
                     warn!(abandoned = tasks.len(), "shutdown grace over: abandoning running steps");
                     drop(std::mem::take(&mut tasks));
                     break;
                 }
-                _ = tokio::time::sleep(FLUSH_EVERY), if !self.pending.is_empty() => {
-                    self.flush().await?;
+                _ = sleep_until(timer), if timer.is_some() => {
+                    if self.pending.is_empty() {
+                        // Nothing to write: let the next start try the store again.
+                        self.retry = None;
+                    } else {
+                        self.flush().await;
+                    }
                 }
             }
         }
@@ -158,11 +174,93 @@ impl<'e> Round<'e> {
                 self.report.released += 1;
             }
         }
-        self.flush().await?;
-        Ok(self.report)
+        self.flush_all().await;
+        self.report
     }
 
-    /// Spawnable future running node `i`'s step under its span and timeout.
+    /// When the loop must wake for the store: the flush deadline, or the next retry.
+    fn timer(&self) -> Option<Instant> {
+        self.retry.or(self.flush_at)
+    }
+
+    /// Starts ready nodes up to the concurrency bound, each under a lease that outlives its
+    /// timeout (extending the round's leases first when they are too short).
+    async fn start_ready(
+        &mut self,
+        ready: &mut VecDeque<usize>,
+        tasks: &mut FuturesUnordered<Running>,
+    ) {
+        let concurrency = self.engine.settings.sync.concurrency;
+        while tasks.len() < concurrency && self.retry.is_none() {
+            let Some(&i) = ready.front() else { break };
+            if self.nodes[i].settled {
+                ready.pop_front();
+                continue;
+            }
+            if self.nodes[i].job == Job::Reap {
+                ready.pop_front();
+                self.reap(i);
+                ready.extend(self.release_dependents(i));
+                continue;
+            }
+            if !self.lease_covers_a_step() {
+                self.extend_leases().await;
+                continue; // the node may have been lost, or the store may be failing
+            }
+            ready.pop_front();
+            self.nodes[i].running = true;
+            let step = AssertUnwindSafe(self.start(i)).catch_unwind();
+            tasks.push(Box::pin(step.map(move |output| (i, output))));
+        }
+    }
+
+    /// Whether the round's leases last long enough for a step started now to time out and
+    /// have its outcome written before they expire, with half the slack the lease leaves.
+    fn lease_covers_a_step(&self) -> bool {
+        let sync = &self.engine.settings.sync;
+        let timeout_ms = sync.step_timeout_ms();
+        let slack = (sync.lease_ms() - timeout_ms) / 2;
+        self.lease_until - self.engine.clock.now_ms() >= timeout_ms + slack
+    }
+
+    /// Extends the leases of every object of the round not yet written. An object whose
+    /// lease another holder took over meanwhile (this process stalled past it) is dropped
+    /// from the round unrun: that holder runs it.
+    async fn extend_leases(&mut self) {
+        let e = self.engine;
+        let now = e.clock.now_ms();
+        let until = now.saturating_add(e.settings.sync.lease_ms());
+        let ids: Vec<i64> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.settled)
+            .map(|n| n.row.id)
+            .chain(self.pending.iter().map(|r| r.id))
+            .collect();
+        match e
+            .store
+            .timed(e.store.extend_leases(e.holder(), &ids, until))
+            .await
+        {
+            Ok(held) => {
+                e.health.answered(now);
+                self.retry_wait = Duration::ZERO;
+                let held: HashSet<i64> = held.into_iter().collect();
+                for node in self.nodes.iter_mut() {
+                    if !node.settled && !node.running && !held.contains(&node.row.id) {
+                        node.settled = true;
+                        self.report.lost += 1;
+                        warn!(kind = %node.row.kind, key = %node.row.key,
+                            "lease taken over by another replica before the step started; not running it here");
+                    }
+                }
+                self.lease_until = until;
+            }
+            Err(err) => self.store_failed("extending leases", err.into()),
+        }
+    }
+
+    /// Future running node `i`'s step under its span and timeout.
     fn start(&self, i: usize) -> impl std::future::Future<Output = TaskOutput> + Send + 'static {
         let e = self.engine;
         let row = self.nodes[i].row.clone();
@@ -200,83 +298,22 @@ impl<'e> Round<'e> {
     fn finish(&mut self, i: usize, output: Result<TaskOutput, Box<dyn Any + Send>>) -> bool {
         let e = self.engine;
         let now = e.clock.now_ms();
-        let row = &self.nodes[i].row;
-        let op = if self.nodes[i].job == Job::Delete {
-            "delete"
-        } else {
-            "sync"
-        };
-        let (result, status, started) = match output {
-            Ok((Ok((result, status)), started)) => (result, status, started),
-            Ok((Err(_elapsed), started)) => {
-                let secs = e.settings.sync.step_timeout_seconds;
-                (
-                    Err(StepError::Transient(anyhow::anyhow!(
-                        "step timed out after {secs}s"
-                    ))),
-                    None,
-                    started,
-                )
-            }
-            Err(payload) => {
-                let message = panic_message(payload);
-                (
-                    Err(StepError::Transient(anyhow::anyhow!(
-                        "step panicked: {message}"
-                    ))),
-                    None,
-                    now,
-                )
-            }
-        };
-        let (settled, outcome, error) = match result {
-            Ok(Progress::Done) if op == "delete" => (Settled::Reaped, "ok", None),
-            Ok(Progress::Done) => (
-                Settled::Synced {
-                    message: crate::store::synced_message(row.generation),
-                },
-                "ok",
+        let row = self.nodes[i].row.clone();
+        let deleting = self.nodes[i].job == Job::Delete;
+        let op = if deleting { "delete" } else { "sync" };
+        let (ended, status, started) = match output {
+            Ok((Ok((result, status)), started)) => (Ended::Returned(result), status, started),
+            Ok((Err(_elapsed), started)) => (
+                Ended::TimedOut(e.settings.sync.step_timeout_seconds),
                 None,
+                started,
             ),
-            Ok(Progress::Deferred { after, reason }) => {
-                let after = (after.as_millis() as i64).max(MIN_DELAY_MS);
-                (
-                    Settled::Deferred {
-                        until: now + after,
-                        message: reason,
-                    },
-                    "deferred",
-                    None,
-                )
-            }
-            Err(StepError::Transient(err)) => {
-                let attempts = row.attempts + 1;
-                let salt = format!("{}/{}", row.kind, row.key);
-                let until = now + e.backoff.delay_ms(attempts, &salt);
-                let error = format!("{err:#}");
-                let outcome = if error.starts_with("step panicked") {
-                    "panic"
-                } else {
-                    "error"
-                };
-                (
-                    Settled::Failed {
-                        attempts,
-                        until,
-                        error: error.clone(),
-                    },
-                    outcome,
-                    Some(error),
-                )
-            }
-            Err(StepError::Permanent(reason)) => (
-                Settled::Permanent {
-                    error: reason.clone(),
-                },
-                "permanent",
-                Some(reason),
-            ),
+            Err(payload) => (Ended::Panicked(payload), None, now),
         };
+        let salt = format!("{}/{}", row.kind, row.key);
+        let (settled, outcome, error) = outcome::settle(ended, &row, deleting, now, |attempts| {
+            e.backoff.delay_ms(attempts, &salt)
+        });
         match &settled {
             Settled::Synced { .. } => {
                 self.report.synced += 1;
@@ -315,14 +352,15 @@ impl<'e> Round<'e> {
             key: row.key.clone(),
             step: op.to_string(),
             generation: row.generation,
-            cause: cause(row),
+            cause: cause(&row),
             holder: e.holder().to_string(),
             started_at: started,
             duration_ms: (now - started).max(0),
             outcome: outcome.to_string(),
             error,
         };
-        let status = status.map(|new| (self.nodes[i].row.status.clone(), new));
+        let status = status.map(|new| (row.status.clone(), new));
+        self.nodes[i].running = false;
         self.settle(i, settled, status, Some(execution));
         if let Some(reason) = reason {
             self.block_dependents(i, &reason);
@@ -356,8 +394,9 @@ impl<'e> Round<'e> {
         if self.nodes[i].settled {
             return;
         }
-        let until = self.engine.clock.now_ms()
-            + ((self.engine.settings.sync.wait_recheck_seconds as i64) * 1000).max(MIN_DELAY_MS);
+        let e = self.engine;
+        let recheck = (e.settings.sync.wait_recheck_seconds as i64).saturating_mul(1000);
+        let until = e.clock.now_ms().saturating_add(recheck.max(MIN_DELAY_MS));
         debug!(kind = %self.nodes[i].row.kind, key = %self.nodes[i].row.key, "{message}");
         self.report.waiting += 1;
         self.settle(
@@ -414,48 +453,105 @@ impl<'e> Round<'e> {
             kind: node.row.kind.clone(),
             key: node.row.key.clone(),
             generation: node.row.generation,
+            revision: node.row.revision,
+            sync_job: node.job == Job::Sync,
             settled,
             status,
             execution,
             has_dependents: self.engine.graph.has_dependents(&node.row.kind),
         });
+        if self.flush_at.is_none() {
+            self.flush_at = Some(Instant::now() + FLUSH_EVERY);
+        }
     }
 
-    async fn flush(&mut self) -> anyhow::Result<()> {
+    /// Writes the pending outcomes; on failure keeps them for the next try.
+    async fn flush(&mut self) {
         if self.pending.is_empty() {
-            return Ok(());
+            self.flush_at = None;
+            return;
         }
         let e = self.engine;
-        e.store
-            .settle(e.holder(), e.clock.now_ms(), &self.pending)
+        let now = e.clock.now_ms();
+        match e
+            .store
+            .timed(e.store.settle(e.holder(), now, &self.pending))
             .await
-            .context("recording outcomes")?;
-        self.pending.clear();
-        Ok(())
+        {
+            Ok(settlement) => {
+                e.health.answered(now);
+                self.retry = None;
+                self.retry_wait = Duration::ZERO;
+                self.flush_at = None;
+                for id in &settlement.lost {
+                    if let Some(r) = self.pending.iter().find(|r| r.id == *id) {
+                        warn!(kind = %r.kind, key = %r.key,
+                            "outcome not recorded: another replica took the lease over and runs it");
+                    }
+                }
+                for id in &settlement.rerun {
+                    if let Some(r) = self.pending.iter().find(|r| r.id == *id) {
+                        info!(kind = %r.kind, key = %r.key,
+                            "an event changed the status while the step ran; running it again");
+                    }
+                }
+                self.report.lost += settlement.lost.len();
+                self.report.rerun += settlement.rerun.len();
+                self.pending.clear();
+            }
+            Err(err) => self.store_failed("recording outcomes", err.into()),
+        }
+    }
+
+    /// Writes what is pending at the round's end, retrying while the store fails; gives up
+    /// only when a shutdown's grace is over (the leases then expire and the objects run again).
+    async fn flush_all(&mut self) {
+        loop {
+            self.flush().await;
+            if self.pending.is_empty() {
+                return;
+            }
+            let shutdown = self.engine.shutdown.is_cancelled();
+            let grace = self.grace_until.unwrap_or_else(|| {
+                Instant::now()
+                    + Duration::from_secs(self.engine.settings.sync.shutdown_grace_seconds)
+            });
+            if shutdown && Instant::now() >= grace {
+                error!(
+                    outcomes = self.pending.len(),
+                    "shutdown: outcomes could not be recorded; their objects run again once their leases expire"
+                );
+                return;
+            }
+            if shutdown {
+                self.grace_until = Some(grace);
+            }
+            let at = self.timer().unwrap_or_else(Instant::now);
+            tokio::select! {
+                _ = tokio::time::sleep_until(at) => {}
+                _ = tokio::time::sleep_until(grace), if shutdown => {}
+                _ = self.engine.shutdown.cancelled(), if !shutdown => {}
+            }
+        }
+    }
+
+    /// The store failed: hold what is pending, pause new steps, and try again after a wait
+    /// that doubles up to [`RETRY_MAX`].
+    fn store_failed(&mut self, what: &str, err: anyhow::Error) {
+        let e = self.engine;
+        e.health.failed(e.clock.now_ms(), what, &err);
+        self.retry_wait = if self.retry_wait.is_zero() {
+            RETRY_FIRST
+        } else {
+            (self.retry_wait * 2).min(RETRY_MAX)
+        };
+        self.retry = Some(Instant::now() + self.retry_wait);
     }
 }
 
-/// Why an object runs now, from its bookkeeping, for the executions trail and logs.
-fn cause(row: &ObjectRow) -> String {
-    if row.deleted_at.is_some() {
-        return "deletion requested".into();
-    }
-    match row.backend_status.as_str() {
-        "retry requested by operator" => "operator retry".into(),
-        _ if row.attempts > 0 => format!("retry {} after backoff", row.attempts),
-        _ if row.waiting_on.is_some() => "dependency ready".into(),
-        "new" => "new object".into(),
-        "spec changed" => format!("spec changed (generation {})", row.generation),
-        status => format!("recheck ({status})"),
-    }
-}
-
-fn panic_message(payload: Box<dyn Any + Send>) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "(non-string panic payload)".into()
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

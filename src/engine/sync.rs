@@ -3,8 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::AddAssign;
+use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
+use tracing::info;
 
 use super::runner::{Job, Node, Round};
 use super::Engine;
@@ -21,6 +23,10 @@ pub struct SyncReport {
     pub reaped: usize,
     /// Claimed but given back unrun (shutdown, or changed since it was claimed ahead).
     pub released: usize,
+    /// Dropped because another holder took the lease over (this process stalled past it).
+    pub lost: usize,
+    /// Ran, but an event changed the status meanwhile: due again at once, not recorded.
+    pub rerun: usize,
 }
 
 impl SyncReport {
@@ -39,6 +45,8 @@ impl AddAssign for SyncReport {
         self.waiting += o.waiting;
         self.reaped += o.reaped;
         self.released += o.released;
+        self.lost += o.lost;
+        self.rerun += o.rerun;
     }
 }
 
@@ -47,29 +55,62 @@ impl Engine {
     /// most `sync.page_size` objects. Objects rescheduled during the pass wait for the next.
     /// The next page is claimed while a round runs, so the claim's SQL overlaps the steps;
     /// its dependencies are read only when it runs, after the round's outcomes are stored.
+    /// A pass that fails part-way (the store is down) leaves no lease behind for long: the
+    /// next pass gives back whatever this holder still holds before claiming.
     pub async fn sync_pass(&self) -> anyhow::Result<SyncReport> {
+        // One pass at a time per engine, so a pass may treat every lease of its holder as
+        // left over from an earlier one.
+        let _pass = self.pass_lock.lock().await;
+        if self.stray_leases.load(Ordering::SeqCst) {
+            let n = self
+                .store
+                .timed(self.store.release_holder_leases(self.holder()))
+                .await
+                .context("giving back leases left by a failed pass")?;
+            self.stray_leases.store(false, Ordering::SeqCst);
+            if n > 0 {
+                info!(leases = n, "gave back leases left by a failed pass");
+            }
+        }
+        let result = self.sync_rounds().await;
+        if result.is_err() {
+            self.stray_leases.store(true, Ordering::SeqCst);
+        }
+        result
+    }
+
+    async fn sync_rounds(&self) -> anyhow::Result<SyncReport> {
         let due_by = self.clock.now_ms();
         let mut report = SyncReport::default();
-        let (mut ahead, mut claimed_at) = (Vec::new(), 0);
+        let mut ahead: Option<(Vec<ObjectRow>, i64)> = None;
         while !self.shutdown.is_cancelled() {
-            let mut rows = self.renew(std::mem::take(&mut ahead), claimed_at).await?;
-            if rows.is_empty() {
-                rows = self
-                    .claim_round(due_by)
+            let (rows, lease_until) = match ahead.take() {
+                Some((rows, until)) => self.renew(rows, until).await?,
+                None => (Vec::new(), 0),
+            };
+            let (rows, lease_until) = if rows.is_empty() {
+                self.claim_round(due_by, &[])
                     .await
-                    .context("claiming due objects")?;
-            }
+                    .context("claiming due objects")?
+            } else {
+                (rows, lease_until)
+            };
             if rows.is_empty() {
                 break;
             }
-            claimed_at = self.clock.now_ms();
-            let (round, next) = tokio::join!(self.run_round(rows), self.claim_round(due_by));
+            // The next page never takes an object of this round, whose lease may run out
+            // (and be extended) while it runs.
+            let running: Vec<i64> = rows.iter().map(|r| r.id).collect();
+            let (round, next) = tokio::join!(
+                self.run_round(rows, lease_until),
+                self.claim_round(due_by, &running)
+            );
             match (round, next) {
                 (Ok(round), Ok(next)) => {
                     report += round;
-                    ahead = next;
+                    ahead = Some(next);
                 }
-                (Err(e), Ok(next)) => {
+                (Err(e), Ok((next, _))) => {
                     self.release(next).await?;
                     return Err(e);
                 }
@@ -77,25 +118,36 @@ impl Engine {
                 (Err(e), Err(_)) => return Err(e),
             }
         }
-        report.released += self.release(ahead).await?;
+        if let Some((rows, _)) = ahead {
+            report.released += self.release(rows).await?;
+        }
         Ok(report)
     }
 
-    /// Makes a page claimed during the last round (at `claimed_at`) current: the objects that
-    /// changed since the claim (a new spec, a deletion, an event) are given back, to be
-    /// claimed again as they are now, and if the round took over a tenth of the lease, the
-    /// leases start afresh. Returns the rows to run.
-    async fn renew(&self, rows: Vec<ObjectRow>, claimed_at: i64) -> anyhow::Result<Vec<ObjectRow>> {
+    /// Makes a page claimed during the last round current: the objects that changed since
+    /// the claim (a new spec, a deletion, an event) or whose lease another holder took are
+    /// given back, to be claimed again as they are now; if the leases no longer cover a step,
+    /// they start afresh. Returns the rows to run and until when they are leased.
+    async fn renew(
+        &self,
+        rows: Vec<ObjectRow>,
+        lease_until: i64,
+    ) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
         if rows.is_empty() {
-            return Ok(rows);
+            return Ok((rows, lease_until));
         }
         let now = self.clock.now_ms();
-        let lease_ms = (self.settings.sync.lease_seconds as i64) * 1000;
-        let renew_until = (now - claimed_at > lease_ms / 10).then_some(now + lease_ms);
+        let sync = &self.settings.sync;
+        let slack = (sync.lease_ms() - sync.step_timeout_ms()) / 2;
+        let fresh = now.saturating_add(sync.lease_ms());
+        let renew_until = (lease_until - now < sync.step_timeout_ms() + slack).then_some(fresh);
         let claimed: Vec<(i64, i64)> = rows.iter().map(|r| (r.id, r.revision)).collect();
         let current: HashSet<i64> = self
             .store
-            .renew_claims(self.holder(), renew_until, &claimed)
+            .timed(
+                self.store
+                    .renew_claims(self.holder(), renew_until, &claimed),
+            )
             .await
             .context("renewing claims")?
             .into_iter()
@@ -103,7 +155,7 @@ impl Engine {
         let (keep, stale): (Vec<_>, Vec<_>) =
             rows.into_iter().partition(|r| current.contains(&r.id));
         self.release(stale).await?;
-        Ok(keep)
+        Ok((keep, renew_until.unwrap_or(lease_until)))
     }
 
     /// Gives back the leases of claimed objects that will not run: at shutdown, after a failed
@@ -116,23 +168,31 @@ impl Engine {
                 kind: row.kind.clone(),
                 key: row.key.clone(),
                 generation: row.generation,
+                revision: row.revision,
+                sync_job: false,
                 settled: Settled::Released,
                 status: None,
                 execution: None,
                 has_dependents: false,
             })
             .collect();
+        let now = self.clock.now_ms();
         self.store
-            .settle(self.holder(), self.clock.now_ms(), &records)
+            .timed(self.store.settle(self.holder(), now, &records))
             .await
             .context("giving back leases")?;
         Ok(records.len())
     }
 
-    /// Claims up to a page of due objects, kinds in sync order so parents come with children.
-    async fn claim_round(&self, due_by: i64) -> anyhow::Result<Vec<ObjectRow>> {
+    /// Claims up to a page of due objects, kinds in sync order so parents come with children;
+    /// returns them and until when they are leased.
+    async fn claim_round(
+        &self,
+        due_by: i64,
+        exclude: &[i64],
+    ) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
         let now = self.clock.now_ms();
-        let lease_until = now + (self.settings.sync.lease_seconds as i64) * 1000;
+        let lease_until = now.saturating_add(self.settings.sync.lease_ms());
         let page = self.settings.sync.page_size;
         let mut rows = Vec::new();
         for kind in self.graph.sync_order() {
@@ -140,17 +200,20 @@ impl Engine {
             if left == 0 {
                 break;
             }
-            rows.extend(
+            let claim =
                 self.store
-                    .claim_due(kind, due_by, now, left, self.holder(), lease_until)
-                    .await?,
-            );
+                    .claim_due(kind, due_by, now, left, self.holder(), lease_until, exclude);
+            rows.extend(self.store.timed(claim).await?);
         }
-        Ok(rows)
+        Ok((rows, lease_until))
     }
 
     /// Builds the round's dependency DAG and runs it.
-    async fn run_round(&self, rows: Vec<ObjectRow>) -> anyhow::Result<SyncReport> {
+    async fn run_round(
+        &self,
+        rows: Vec<ObjectRow>,
+        lease_until: i64,
+    ) -> anyhow::Result<SyncReport> {
         let index: HashMap<i64, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
         // Only kinds that link to others have parents to check, and only kinds others link
         // to have dependents to wait for: the rest skip the dependency query.
@@ -167,7 +230,7 @@ impl Engine {
             .collect();
         let deps = self
             .store
-            .dependencies(&syncing, &deleting)
+            .timed(self.store.dependencies(&syncing, &deleting))
             .await
             .context("reading dependencies")?;
         let mut nodes: Vec<Node> = rows.into_iter().map(Node::new).collect();
@@ -213,6 +276,6 @@ impl Engine {
                 blocked.push((i, message));
             }
         }
-        Round::new(self, nodes).run(blocked).await
+        Ok(Round::new(self, nodes, lease_until).run(blocked).await)
     }
 }

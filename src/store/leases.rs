@@ -31,6 +31,14 @@ impl MemLeases {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every lease: (id, holder, until).
+    pub fn all(&self) -> Vec<(i64, String, i64)> {
+        let held = self.held();
+        held.iter()
+            .map(|(id, (holder, until))| (*id, holder.to_string(), *until))
+            .collect()
+    }
+
     /// Ids under a lease that has not expired as of `now`.
     pub fn live(&self, now: i64) -> Vec<i64> {
         let held = self.held();
@@ -85,6 +93,22 @@ impl MemLeases {
                 _ => false,
             })
             .collect()
+    }
+
+    /// Whether `holder` still has each of `ids` (expired or not).
+    pub fn held_by(&self, ids: &[i64], holder: &str) -> Vec<bool> {
+        let held = self.held();
+        ids.iter()
+            .map(|id| held.get(id).is_some_and(|(h, _)| &**h == holder))
+            .collect()
+    }
+
+    /// Gives back every lease `holder` has; returns how many there were.
+    pub fn release_holder(&self, holder: &str) -> u64 {
+        let mut held = self.held();
+        let before = held.len();
+        held.retain(|_, (h, _)| &**h != holder);
+        (before - held.len()) as u64
     }
 
     /// Gives back every lease; returns how many there were.

@@ -4,15 +4,17 @@
 //! One SQL text serves both backends (`$N` placeholders work in both); [`with_pool!`] expands a
 //! body once per backend so each runs on its native driver. Times are epoch milliseconds.
 
+mod claims;
 mod dead_letters;
+mod deps;
 mod executions;
 mod ids;
 mod leases;
 mod objects;
 mod policy;
 mod query;
+mod settle;
 mod status;
-mod work;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -24,12 +26,14 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
+pub use claims::{Claimed, Lease};
 pub use dead_letters::{DeadLetter, NewDeadLetter};
+pub use deps::{Dependency, DependencyState};
 pub use executions::{Execution, NewExecution};
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
+pub use settle::{synced_message, OutcomeRecord, Settled, Settlement};
 pub use status::StatusWrite;
-pub use work::{synced_message, Claimed, Dependency, DependencyState, OutcomeRecord, Settled};
 
 /// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +46,12 @@ pub enum StoreError {
     NotInitialised(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the database did not answer within {0}s")]
+    Timeout(u64),
 }
+
+/// How long a store call may take by default (`database.timeout_seconds`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Result alias for store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -76,6 +85,8 @@ pub struct Store {
     /// SQLite only: the leases of this database, held in memory (see `leases.rs`).
     pub(crate) mem_leases: Arc<leases::MemLeases>,
     url: String,
+    /// How long a connection or one of the sync loop's calls may take before it fails.
+    timeout: Duration,
 }
 
 /// Opening mode: whether a missing SQLite file may be created.
@@ -88,8 +99,20 @@ pub enum Open {
 }
 
 impl Store {
-    /// Connects to `url` (`sqlite://FILE`, `sqlite::memory:` or `postgres://…`).
+    /// Connects to `url` (`sqlite://FILE`, `sqlite::memory:` or `postgres://…`), waiting at
+    /// most [`DEFAULT_TIMEOUT`] for a connection or a sync-loop call.
     pub async fn connect(url: &str, max_connections: u32, open: Open) -> Result<Self> {
+        Self::connect_with_timeout(url, max_connections, open, DEFAULT_TIMEOUT).await
+    }
+
+    /// Like [`Store::connect`], with `database.timeout_seconds`: a database that stops
+    /// answering mid-call is an outage too, and the loops must notice it to retry.
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        open: Open,
+        timeout: Duration,
+    ) -> Result<Self> {
         let mut mem_leases = Arc::new(leases::MemLeases::default());
         let db = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
@@ -119,7 +142,7 @@ impl Store {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
                 .max_connections(max_connections)
-                .acquire_timeout(Duration::from_secs(30))
+                .acquire_timeout(timeout)
                 .connect_with(opts)
                 .await?;
             Db::Postgres(pool)
@@ -129,7 +152,19 @@ impl Store {
             links: Arc::new(LinkFields::new()),
             mem_leases,
             url: url.to_string(),
+            timeout,
         })
+    }
+
+    /// Runs one of the sync loop's store calls, failing it after the store's timeout.
+    pub(crate) async fn timed<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(self.timeout.as_secs())),
+        }
     }
 
     /// Tells the store which spec fields are links, so upserts index them for dependency checks.

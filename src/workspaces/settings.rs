@@ -176,6 +176,10 @@ fn check_token(key: &'static str, token: &Option<Secret>) -> Result<(), Invalid>
     }
 }
 
+/// The slowest and fastest call rates a client accepts.
+const MIN_RATE: f64 = 0.001;
+const MAX_RATE: f64 = 1_000_000.0;
+
 fn check_common(
     keys: [&'static str; 3],
     timeout_seconds: u64,
@@ -185,8 +189,9 @@ fn check_common(
     if timeout_seconds == 0 {
         return Err((keys[0], "must be at least 1"));
     }
-    if !(requests_per_second.is_finite() && requests_per_second > 0.0) {
-        return Err((keys[1], "must be a positive number"));
+    // Below one call in 1000 s the limiter's interval stops being a usable duration.
+    if !(MIN_RATE..=MAX_RATE).contains(&requests_per_second) {
+        return Err((keys[1], "must be a number from 0.001 to 1000000"));
     }
     check_token(keys[2], token)
 }

@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod brokers;
+pub mod gate;
 pub mod status_world;
 pub mod steps;
 pub mod workspaces_stub;
@@ -150,8 +151,18 @@ impl Harness {
 
     /// A second engine (another process, after a restart, or a replica) on the same database.
     pub async fn another_engine(&self, holder: &str) -> Engine {
+        self.another_engine_with(holder, |_| {}).await
+    }
+
+    /// A second engine on the same database, its settings adjusted by `tweak`.
+    pub async fn another_engine_with(
+        &self,
+        holder: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Engine {
         let mut s = settings(&self.db.url);
         s.sync.holder_id = Some(holder.to_string());
+        tweak(&mut s);
         build_engine(&self.db, &s, &self.clock, &self.script, |_, _| {}).await
     }
 

@@ -59,6 +59,8 @@ pub enum Act {
     Sleep(Duration),
     /// Never finish (timeouts and shutdown).
     Hang,
+    /// Wait at the gate, then act.
+    Gated(super::gate::Gate, Box<Act>),
 }
 
 /// The script every test step follows, and the log of what ran.
@@ -100,6 +102,11 @@ impl Script {
             .collect()
     }
 
+    /// Steps running right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
     pub fn calls(&self, key: &str) -> usize {
         self.log()
             .iter()
@@ -108,13 +115,8 @@ impl Script {
     }
 
     async fn act(&self, op: &str, kind: &str, key: &str) -> StepResult {
-        self.log
-            .lock()
-            .unwrap()
-            .push((op.to_string(), format!("{kind}/{key}")));
-        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.started.notify_waiters();
+        // What to do is decided before the start is visible, so a test that changes the
+        // script once it sees a step start changes only later runs.
         let act = self
             .acts
             .lock()
@@ -128,25 +130,62 @@ impl Script {
             *c += 1;
             *c
         };
-        let result = match act {
-            Act::Ok => Ok(Progress::Done),
-            Act::FailTimes(k) if n <= k => Err(anyhow!("boom {n}").into()),
-            Act::FailTimes(_) => Ok(Progress::Done),
-            Act::Fail => Err(anyhow!("always broken").into()),
-            Act::Permanent => Err(StepError::permanent("400 Bad Request: no such capability")),
-            Act::DeferTimes(k, after) if n <= k => {
-                Ok(Progress::deferred(after, "request 7 is Executing"))
-            }
-            Act::DeferTimes(..) => Ok(Progress::Done),
-            Act::Panic => panic!("step exploded on {key}"),
-            Act::Sleep(d) => {
-                tokio::time::sleep(d).await;
-                Ok(Progress::Done)
-            }
-            Act::Hang => std::future::pending().await,
-        };
+        self.log
+            .lock()
+            .unwrap()
+            .push((op.to_string(), format!("{kind}/{key}")));
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        self.started.notify_waiters();
+        let result = Self::perform(act, n, key).await;
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         result
+    }
+}
+
+impl Script {
+    /// Does what `act` says on the `n`th call for `key`.
+    fn perform(act: Act, n: u32, key: &str) -> futures::future::BoxFuture<'_, StepResult> {
+        Box::pin(async move {
+            match act {
+                Act::Ok => Ok(Progress::Done),
+                Act::FailTimes(k) if n <= k => Err(anyhow!("boom {n}").into()),
+                Act::FailTimes(_) => Ok(Progress::Done),
+                Act::Fail => Err(anyhow!("always broken").into()),
+                Act::Permanent => Err(StepError::permanent("400 Bad Request: no such capability")),
+                Act::DeferTimes(k, after) if n <= k => {
+                    Ok(Progress::deferred(after, "request 7 is Executing"))
+                }
+                Act::DeferTimes(..) => Ok(Progress::Done),
+                Act::Panic => panic!("step exploded on {key}"),
+                Act::Sleep(d) => {
+                    tokio::time::sleep(d).await;
+                    Ok(Progress::Done)
+                }
+                Act::Hang => std::future::pending().await,
+                Act::Gated(gate, then) => {
+                    gate.pass().await;
+                    Self::perform(*then, n, key).await
+                }
+            }
+        })
+    }
+
+    /// Waits until `key`'s step has started `n` times (any op).
+    pub async fn until_started(&self, key: &str, n: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let started = self.started.notified();
+            if self.calls(key) >= n {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{key} did not start {n} time(s): {:?}",
+                self.log()
+            );
+            let _ = tokio::time::timeout(Duration::from_millis(50), started).await;
+        }
     }
 }
 

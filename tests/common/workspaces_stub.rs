@@ -65,6 +65,9 @@ pub enum Fault {
     Slow(Duration),
     /// A listing that does not show requests yet (List only).
     StaleList,
+    /// Do the work, then answer only once the test opens the gate: the caller's request is
+    /// in flight for as long as the test needs.
+    Hold(super::gate::Gate),
 }
 
 #[derive(Default)]
@@ -209,7 +212,7 @@ async fn handle(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (decode(k), decode(&v.replace('+', " "))))
         .collect();
-    let (response, delay) = {
+    let (response, delay, hold) = {
         let mut inner = inner.lock().unwrap();
         inner.received.push(Received {
             method: method.to_string(),
@@ -233,18 +236,23 @@ async fn handle(
         }
         let mut response = work(&mut inner, route, &segments, &query, body);
         let mut delay = None;
+        let mut hold = None;
         match fault {
             Some(Fault::Lost(status)) => {
                 response = (StatusCode::from_u16(status).unwrap(), "lost").into_response()
             }
             Some(Fault::Slow(d)) => delay = Some(d),
             Some(Fault::StaleList) => response = answer(StatusCode::OK, json!([])),
+            Some(Fault::Hold(gate)) => hold = Some(gate),
             _ => {}
         }
-        (response, delay)
+        (response, delay, hold)
     };
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
+    }
+    if let Some(gate) = hold {
+        gate.pass().await;
     }
     response
 }
