@@ -192,12 +192,15 @@ impl Settler {
         self.seen.retain(|_, s| s.polled);
     }
 
-    /// How long until the soonest unsettled dataset could settle, if it stays still.
+    /// How long until the soonest unsettled dataset could settle, if it stays still. One
+    /// whose window has passed without settling (it has no files) cannot settle by waiting:
+    /// it asks for no early poll, or the source would poll every few milliseconds.
     pub fn next_deadline(&self, now_ms: i64) -> Option<Duration> {
         self.seen
             .values()
             .filter(|s| !s.settled)
-            .map(|s| (s.since_ms + self.settle_ms - now_ms).max(0))
+            .map(|s| s.since_ms + self.settle_ms - now_ms)
+            .filter(|&ms| ms > 0)
             .min()
             .map(|ms| Duration::from_millis(ms as u64))
     }
