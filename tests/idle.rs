@@ -1,13 +1,16 @@
 //! An idle controller is idle: a poll never wakes the next one (inotify hints only on
-//! writes), and a dataset that cannot settle by waiting asks for no early poll.
+//! writes), a dataset that cannot settle by waiting asks for no early poll, and a failing
+//! source backs off and says so once per change instead of once per poll.
 
 mod common;
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use common::brokers::eventually;
 use common::source_world::World;
-use common::{Backend, T0};
+use common::{logs, Backend, Harness, T0};
 use thalamus::step::prelude::*;
 
 /// The scan's own `opendir`, `stat` and read of Main.xml (open, access, close-nowrite) are
@@ -71,4 +74,140 @@ fn an_empty_dataset_asks_for_no_early_poll() {
         (vec!["full".to_string()], None),
         "nothing left that waiting could settle"
     );
+}
+
+/// A source that fails (or recovers) as the test says, hinting all the time while told to,
+/// and remembers when it was polled.
+struct Flaky {
+    error: Mutex<Option<String>>,
+    hinting: AtomicBool,
+    polled: Mutex<Vec<Instant>>,
+}
+
+impl Flaky {
+    fn new(error: &str) -> Arc<Self> {
+        Arc::new(Self {
+            error: Mutex::new(Some(error.into())),
+            hinting: AtomicBool::new(true),
+            polled: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn polls(&self) -> usize {
+        self.polled.lock().unwrap().len()
+    }
+}
+
+/// Registers a shared [`Flaky`] as a pull step of this name (names tell tests' log lines apart).
+struct FlakyStep(Arc<Flaky>, &'static str);
+
+#[async_trait]
+impl PullStep for FlakyStep {
+    fn name(&self) -> &str {
+        self.1
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_millis(20)
+    }
+
+    async fn pull(&self, _models: &Models) -> anyhow::Result<PullReport> {
+        self.0.polled.lock().unwrap().push(Instant::now());
+        match self.0.error.lock().unwrap().clone() {
+            Some(e) => Err(anyhow!(e)),
+            None => Ok(PullReport::default()),
+        }
+    }
+
+    async fn changed(&self) {
+        if self.0.hinting.load(Ordering::SeqCst) {
+            tokio::task::yield_now().await // "something changed", every time it is asked
+        } else {
+            std::future::pending().await
+        }
+    }
+}
+
+/// A failing source is polled at its interval, then twice that, and so on (a hint does not
+/// cut the wait short while it fails), and its log says "failing" once per error message and
+/// "recovered" once, however many polls it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_backs_off_and_logs_once_per_change() {
+    logs::capture();
+    let flaky = Flaky::new("source unreachable");
+    let step = FlakyStep(flaky.clone(), "flaky-source");
+    let h = Harness::with(
+        Backend::Sqlite,
+        |_| {},
+        |r, _| {
+            r.pull(step);
+        },
+    )
+    .await;
+    let engine = h.engine.clone();
+    let running = tokio::spawn(async move { engine.run().await });
+    eventually("five polls", || async { flaky.polls() >= 5 }).await;
+    let times = flaky.polled.lock().unwrap()[..5].to_vec();
+    for (i, pair) in times.windows(2).enumerate() {
+        let least = Duration::from_millis(20 << i);
+        assert!(
+            pair[1] - pair[0] >= least,
+            "poll {} came {:?} after the one before; a failing source waits at least {least:?}",
+            i + 2,
+            pair[1] - pair[0]
+        );
+    }
+    let failed = || logs::lines_with(&["flaky-source", "poll failed"]);
+    assert_eq!(failed().len(), 1, "{:#?}", failed());
+    assert!(
+        failed()[0].contains("source unreachable"),
+        "{:#?}",
+        failed()
+    );
+
+    *flaky.error.lock().unwrap() = Some("permission denied".into());
+    let seen = flaky.polls();
+    eventually("a poll with the new error", || async {
+        flaky.polls() > seen
+    })
+    .await;
+    eventually("its warning", || async { failed().len() == 2 }).await;
+    assert!(failed()[1].contains("permission denied"));
+
+    flaky.hinting.store(false, Ordering::SeqCst);
+    *flaky.error.lock().unwrap() = None;
+    let recovered = || logs::lines_with(&["flaky-source", "recovered"]);
+    eventually("the recovery", || async { recovered().len() == 1 }).await;
+    let seen = flaky.polls();
+    eventually("two more polls", || async { flaky.polls() >= seen + 2 }).await;
+    assert_eq!(failed().len(), 2, "{:#?}", failed());
+    assert_eq!(recovered().len(), 1, "{:#?}", recovered());
+    h.engine.shutdown_token().cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// The schedule itself: the interval, doubled per failure up to `pull.max_backoff_seconds`,
+/// and the interval again once a poll succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backoff_doubles_up_to_its_cap() {
+    let flaky = Flaky::new("source unreachable");
+    let step = FlakyStep(flaky.clone(), "capped-source");
+    let h = Harness::with(
+        Backend::Sqlite,
+        |s| s.pull.max_backoff_seconds = 1,
+        |r, _| {
+            r.pull(FlakyStep(flaky.clone(), "capped-source"));
+        },
+    )
+    .await;
+    let mut delays = vec![h.engine.pull_delay(&step)];
+    for _ in 0..8 {
+        assert_eq!(h.engine.pull_once().await.failed, 1);
+        delays.push(h.engine.pull_delay(&step));
+    }
+    let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
+    assert_eq!(ms, [20, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+    *flaky.error.lock().unwrap() = None;
+    assert_eq!(h.engine.pull_once().await.failed, 0);
+    assert_eq!(h.engine.pull_delay(&step), Duration::from_millis(20));
 }

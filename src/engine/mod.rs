@@ -7,6 +7,7 @@ mod backoff;
 mod event;
 mod policy;
 mod pull;
+mod pull_health;
 mod run;
 mod runner;
 mod sync;
@@ -43,6 +44,8 @@ pub struct Engine {
     shutdown: CancellationToken,
     wake: Arc<Notify>,
     events: Arc<EventMetrics>,
+    /// How each pull step has been faring: its backoff, and what is worth a log line.
+    pull_health: Arc<pull_health::PullHealth>,
 }
 
 /// What [`Engine::run_once`] did, for the CLI's summary line and tests.
@@ -83,6 +86,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             wake: Arc::new(Notify::new()),
             events: Arc::new(EventMetrics::new()),
+            pull_health: Arc::default(),
         }
     }
 
