@@ -193,6 +193,8 @@ impl PullStep for DirectorySource {
     }
 }
 
+/// Upserts a batch of observations; an item the store refuses is logged and tried again next
+/// poll without holding back the others. Only a failure of the store itself is an error.
 async fn upsert(
     models: &Models,
     batch: &mut Vec<(String, Observation)>,
@@ -202,7 +204,11 @@ async fn upsert(
         return Ok(());
     }
     report.seen += batch.len();
-    for change in models.upsert_many(batch).await? {
+    let (changes, refused) = models.upsert_each(batch).await?;
+    for (key, e) in refused {
+        warn!(key, "observation not stored (tried again next poll): {e:#}");
+    }
+    for change in changes {
         match change.change {
             Change::Created => report.created += 1,
             Change::Updated { .. } => report.updated += 1,

@@ -1,6 +1,7 @@
 //! Building blocks for pull steps that watch data sources: the NFS-safe dataset scanner with
 //! its settle window, the inotify hint, and the `sources.*` settings.
 
+mod refused;
 mod scan;
 mod settings;
 mod watch;

@@ -12,6 +12,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use tracing::warn;
 
+use super::refused::Refusals;
+
 /// One file as listed this poll.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ScannedFile {
@@ -31,6 +33,9 @@ pub struct DatasetScan {
     pub files: Vec<ScannedFile>,
     /// The marker file exists: the writer says the dataset is complete.
     pub marked: bool,
+    /// The first entry found whose name is not UTF-8: it cannot be named in a spec without
+    /// loss, so the dataset is refused until it is renamed.
+    pub not_utf8: Option<PathBuf>,
 }
 
 impl DatasetScan {
@@ -39,17 +44,21 @@ impl DatasetScan {
     pub fn list(name: &str, dir: &Path, marker: Option<&str>) -> io::Result<Self> {
         let mut files = Vec::new();
         let mut marked = false;
+        let mut not_utf8 = None;
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             for entry in std::fs::read_dir(&d)? {
                 let entry = entry?;
                 let file_name = entry.file_name();
-                let file_name = file_name.to_string_lossy();
-                if file_name.starts_with('.') {
+                if file_name.as_encoded_bytes().starts_with(b".") {
                     continue;
                 }
-                if d == dir && marker == Some(&*file_name) {
+                if d == dir && marker.is_some_and(|m| file_name == *m) {
                     marked = true;
+                    continue;
+                }
+                if file_name.to_str().is_none() {
+                    not_utf8.get_or_insert_with(|| entry.path());
                     continue;
                 }
                 let meta = entry.metadata()?;
@@ -70,6 +79,7 @@ impl DatasetScan {
             dir: dir.to_path_buf(),
             files,
             marked,
+            not_utf8,
         })
     }
 
@@ -124,6 +134,7 @@ struct Seen {
 pub struct Settler {
     settle_ms: i64,
     seen: HashMap<String, Seen>,
+    refusals: Refusals,
 }
 
 impl Settler {
@@ -132,6 +143,7 @@ impl Settler {
         Self {
             settle_ms: settle.as_millis() as i64,
             seen: HashMap::new(),
+            refusals: Refusals::default(),
         }
     }
 
@@ -190,6 +202,13 @@ impl Settler {
     /// Ends a poll: datasets that were not listed have vanished and are forgotten.
     pub fn end_poll(&mut self) {
         self.seen.retain(|_, s| s.polled);
+        self.refusals.end_poll();
+    }
+
+    /// Refuses the dataset at or around `path` this poll (it is not tracked, so it settles
+    /// afresh once fixed), warning the first time only.
+    pub fn refuse(&mut self, path: &Path, why: &str) {
+        self.refusals.refuse(path, why);
     }
 
     /// How long until the soonest unsettled dataset could settle, if it stays still. One
@@ -230,9 +249,15 @@ pub fn scan_root(
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push((name, entry.path()));
+        let raw = entry.file_name();
+        if raw.as_encoded_bytes().starts_with(b".") || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        match raw.into_string() {
+            Ok(name) => dirs.push((name, entry.path())),
+            // `caf\xe9` and `caf\xe8` would both read as `caf\u{FFFD}`: one key, two datasets.
+            Err(_) => settler.refuse(&entry.path(), "its directory name is not UTF-8"),
         }
     }
     dirs.sort_unstable();
@@ -245,6 +270,10 @@ pub fn scan_root(
             Ok(scan)
         });
         match listed {
+            Ok(DatasetScan {
+                not_utf8: Some(odd),
+                ..
+            }) => settler.refuse(&odd, "it holds a file whose name is not UTF-8"),
             Ok(scan) => {
                 if settler.observe(&scan, now_ms) && !settled(scan) {
                     aborted = true;

@@ -6,7 +6,7 @@ use anyhow::Context as _;
 
 use super::model::{Model, Obj};
 use crate::clock::Clock;
-use crate::store::{Change, ObjectRow, SpecChange, StatusWrite, Store};
+use crate::store::{Change, ObjectRow, SpecChange, StatusWrite, Store, StoreError};
 
 /// Typed read/write access to models, for pull steps, policies and event steps.
 #[derive(Clone)]
@@ -57,6 +57,36 @@ impl Models {
             .store
             .upsert_many(M::KIND, &values, self.now_ms())
             .await?)
+    }
+
+    /// Upserts many desired states of one kind like [`Models::upsert_many`]; when the store
+    /// refuses the batch because of an item (not because it failed), upserts each item alone,
+    /// so one bad item never stops the others. Returns the changes made and, per item still
+    /// refused, its key and why; an error means the store itself failed.
+    pub async fn upsert_each<M: Model>(
+        &self,
+        items: &[(String, M)],
+    ) -> anyhow::Result<(Vec<SpecChange>, Vec<(String, anyhow::Error)>)> {
+        let refused = |e: &anyhow::Error| {
+            matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Invalid(_)))
+        };
+        match self.upsert_many(items).await {
+            Ok(changes) => return Ok((changes, Vec::new())),
+            Err(e) if !refused(&e) => return Err(e),
+            Err(_) => {}
+        }
+        let (mut changes, mut failed) = (Vec::new(), Vec::new());
+        for (key, spec) in items {
+            match self.upsert(key, spec).await {
+                Ok(change) => changes.push(SpecChange {
+                    key: key.clone(),
+                    change,
+                }),
+                Err(e) if refused(&e) => failed.push((key.clone(), e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((changes, failed))
     }
 
     /// Soft-deletes an object and its dependents; returns how many were marked.
