@@ -4,8 +4,10 @@
 mod refused;
 mod scan;
 mod settings;
+mod settle;
 mod watch;
 
-pub use scan::{scan_root, DatasetScan, ScannedFile, Settler};
+pub use scan::{scan_root, DatasetScan, ScannedFile};
 pub use settings::{AlmaSettings, DirectorySettings, SourcesSettings, VlaSettings};
+pub use settle::{SettleChanges, Settler};
 pub use watch::Hint;

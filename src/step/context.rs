@@ -6,7 +6,8 @@ use anyhow::Context as _;
 
 use super::model::{Model, Obj};
 use crate::clock::Clock;
-use crate::store::{Change, ObjectRow, SpecChange, StatusWrite, Store, StoreError};
+use crate::sources::SettleChanges;
+use crate::store::{Change, ObjectRow, SettleRecord, SpecChange, StatusWrite, Store, StoreError};
 
 /// Typed read/write access to models, for pull steps, policies and event steps.
 #[derive(Clone)]
@@ -87,6 +88,24 @@ impl Models {
             }
         }
         Ok((changes, failed))
+    }
+
+    /// What the filesystem source `source` recorded of its datasets' settle windows, so a
+    /// restarted process resumes them (see [`crate::sources::Settler::restore`]).
+    pub async fn settle_state(&self, source: &str) -> anyhow::Result<Vec<SettleRecord>> {
+        Ok(self.store.settle_state(source).await?)
+    }
+
+    /// Stores what changed in `source`'s settle windows since the last save.
+    pub async fn save_settle_state(
+        &self,
+        source: &str,
+        changes: &SettleChanges,
+    ) -> anyhow::Result<()> {
+        Ok(self
+            .store
+            .save_settle_state(source, &changes.changed, &changes.vanished)
+            .await?)
     }
 
     /// Soft-deletes an object and its dependents; returns how many were marked.

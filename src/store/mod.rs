@@ -11,6 +11,7 @@ mod leases;
 mod objects;
 mod policy;
 mod query;
+mod settle_state;
 mod status;
 mod work;
 
@@ -28,6 +29,7 @@ pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use executions::{Execution, NewExecution};
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
+pub use settle_state::SettleRecord;
 pub use status::StatusWrite;
 pub use work::{synced_message, Claimed, Dependency, DependencyState, OutcomeRecord, Settled};
 
