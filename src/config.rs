@@ -91,6 +91,8 @@ pub struct PolicySettings {
 #[serde(default, deny_unknown_fields)]
 pub struct PullSettings {
     pub enabled: bool,
+    /// A failing source is polled at its interval, then twice that, and so on up to this.
+    pub max_backoff_seconds: u64,
 }
 
 /// Retention of the executions audit trail.
@@ -196,7 +198,10 @@ impl Default for PolicySettings {
 
 impl Default for PullSettings {
     fn default() -> Self {
-        Self { enabled: true }
+        Self {
+            enabled: true,
+            max_backoff_seconds: 300,
+        }
     }
 }
 
@@ -341,6 +346,9 @@ impl Settings {
         }
         if !(0.0..=1.0).contains(&b.jitter) {
             return bad("sync.backoff.jitter", "must be between 0 and 1");
+        }
+        if self.pull.max_backoff_seconds == 0 {
+            return bad("pull.max_backoff_seconds", "must be at least 1");
         }
         if self.policy.page_size == 0 {
             return bad("policy.page_size", "must be at least 1");

@@ -81,6 +81,38 @@ impl DirectorySource {
         }
     }
 
+    /// Loads the settle state a previous process stored, once, before the first poll.
+    async fn restore(&self, models: &Models) -> anyhow::Result<()> {
+        if self.settler().is_restored() {
+            return Ok(());
+        }
+        let records = models
+            .settle_state(self.name)
+            .await
+            .context("loading the settle state")?;
+        self.settler().restore(records);
+        Ok(())
+    }
+
+    /// Stores what changed in the settle state this poll; if the store fails, the changes
+    /// are offered again next poll.
+    async fn save(&self, models: &Models, changes: SettleChanges) -> anyhow::Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        match models.save_settle_state(self.name, &changes).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.settler().requeue(changes);
+                Err(e.context("saving the settle state"))
+            }
+        }
+    }
+
+    fn settler(&self) -> std::sync::MutexGuard<'_, Settler> {
+        self.settler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn observation(&self, scan: DatasetScan) -> (String, Observation) {
         let files = scan
             .files
@@ -116,6 +148,7 @@ impl PullStep for DirectorySource {
 
     async fn pull(&self, models: &Models) -> anyhow::Result<PullReport> {
         self.ensure_hint();
+        self.restore(models).await?;
         let now = models.now_ms();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<DatasetScan>(BATCH);
         let (root, marker, settler, extra) = (
@@ -136,19 +169,30 @@ impl PullStep for DirectorySource {
                 &*extra,
                 &mut |d| tx.blocking_send(d).is_ok(),
             );
-            (result, settler.next_deadline(now))
+            (result, settler.next_deadline(now), settler.take_changes())
         });
         let mut report = PullReport::default();
         let mut batch = Vec::with_capacity(BATCH);
+        let mut stored = Ok(());
         while let Some(scan) = rx.recv().await {
             batch.push(self.observation(scan));
             if batch.len() == BATCH {
-                upsert(models, &mut batch, &mut report).await?;
+                stored = upsert(models, &mut batch, &mut report).await;
+                if stored.is_err() {
+                    break;
+                }
             }
         }
-        upsert(models, &mut batch, &mut report).await?;
-        let (result, deadline) = scan.await.context("directory scan task failed")?;
+        if stored.is_ok() {
+            stored = upsert(models, &mut batch, &mut report).await;
+        }
+        // If the store failed, this stops the scan: the rest could not be stored either.
+        drop(rx);
+        let (result, deadline, changes) = scan.await.context("directory scan task failed")?;
         *self.next_deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
+        let saved = self.save(models, changes).await;
+        stored?;
+        saved?;
         let mut missing = self.root_missing.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {
@@ -193,6 +237,8 @@ impl PullStep for DirectorySource {
     }
 }
 
+/// Upserts a batch of observations; an item the store refuses is logged and tried again next
+/// poll without holding back the others. Only a failure of the store itself is an error.
 async fn upsert(
     models: &Models,
     batch: &mut Vec<(String, Observation)>,
@@ -202,7 +248,11 @@ async fn upsert(
         return Ok(());
     }
     report.seen += batch.len();
-    for change in models.upsert_many(batch).await? {
+    let (changes, refused) = models.upsert_each(batch).await?;
+    for (key, e) in refused {
+        warn!(key, "observation not stored (tried again next poll): {e:#}");
+    }
+    for change in changes {
         match change.change {
             Change::Created => report.created += 1,
             Change::Updated { .. } => report.updated += 1,

@@ -9,6 +9,7 @@ mod health;
 mod outcome;
 mod policy;
 mod pull;
+mod pull_health;
 mod run;
 mod runner;
 mod sync;
@@ -53,6 +54,8 @@ pub struct Engine {
     pass_lock: Arc<Mutex<()>>,
     /// A pass failed part-way and may have left leases of this holder behind.
     stray_leases: Arc<AtomicBool>,
+    /// How each pull step has been faring: its backoff, and what is worth a log line.
+    pull_health: Arc<pull_health::PullHealth>,
 }
 
 /// What [`Engine::run_once`] did, for the CLI's summary line and tests.
@@ -96,6 +99,7 @@ impl Engine {
             health: Arc::new(StoreHealth::default()),
             pass_lock: Arc::new(Mutex::new(())),
             stray_leases: Arc::new(AtomicBool::new(false)),
+            pull_health: Arc::default(),
         }
     }
 

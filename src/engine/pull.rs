@@ -1,11 +1,15 @@
 //! Pull steps: each polls its source on its interval (sooner when its hint fires) and upserts
-//! desired state. A failing poll is logged and retried next interval, never fatal.
+//! desired state. A failing poll is never fatal: it is retried at the interval, doubling while
+//! it keeps failing (up to `pull.max_backoff_seconds`, and a hint does not cut that short),
+//! and it is logged when the source starts failing, fails differently, or recovers, not once
+//! per poll.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::pull_health::Transition;
 use super::Engine;
 use crate::step::{PullReport, PullStep};
 use crate::store::NewExecution;
@@ -54,8 +58,16 @@ impl Engine {
             )),
         };
         let (outcome, error) = match &result {
-            Ok(r) if r.created + r.updated == 0 => return Some(r.clone()),
             Ok(r) => {
+                if let Transition::Recovered(failures) = self.pull_health.succeeded(step.name()) {
+                    info!(
+                        step = step.name(),
+                        "poll recovered after {failures} failed attempt(s)"
+                    );
+                }
+                if r.created + r.updated == 0 {
+                    return Some(r.clone());
+                }
                 info!(
                     step = step.name(),
                     seen = r.seen,
@@ -66,11 +78,15 @@ impl Engine {
                 ("ok", None)
             }
             Err(e) => {
-                warn!(
-                    step = step.name(),
-                    "poll failed (retrying next interval): {e:#}"
-                );
-                ("error", Some(format!("{e:#}")))
+                let message = format!("{e:#}");
+                if self.pull_health.failed(step.name(), &message) == Transition::Failing {
+                    warn!(
+                        step = step.name(),
+                        "poll failed (retrying with backoff; logged again only when the error \
+                         changes or the source recovers): {message}"
+                    );
+                }
+                ("error", Some(message))
             }
         };
         let execution = NewExecution {
@@ -83,15 +99,29 @@ impl Engine {
             started_at: started,
             duration_ms: (self.clock.now_ms() - started).max(0),
             outcome: outcome.into(),
-            error,
+            error: error.clone(),
         };
         if let Err(e) = self.store.record(&[execution]).await {
-            warn!(step = step.name(), "could not record poll: {e}");
+            // A failing poll has said so once already; the store is then most likely the
+            // reason, and a line per poll is what the backoff is there to avoid.
+            if error.is_some() {
+                debug!(step = step.name(), "could not record poll: {e}");
+            } else {
+                warn!(step = step.name(), "could not record poll: {e}");
+            }
         }
         result.ok()
     }
 
-    /// Polls `step` until shutdown, on its interval or sooner when its hint fires.
+    /// How long the pull loop waits before polling `step` again: its interval or, while it
+    /// fails, its backoff. Public so tests and the operator surface can see the schedule.
+    pub fn pull_delay(&self, step: &dyn PullStep) -> Duration {
+        let max = Duration::from_secs(self.settings.pull.max_backoff_seconds);
+        self.pull_health.delay(step.name(), step.interval(), max)
+    }
+
+    /// Polls `step` until shutdown, on its interval or sooner when its hint fires; while it
+    /// fails, only after its backoff (a hint does not cut that short).
     pub(crate) async fn pull_loop(&self, step: Arc<dyn PullStep>) {
         loop {
             if self
@@ -101,10 +131,18 @@ impl Engine {
             {
                 self.wake();
             }
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return,
-                _ = tokio::time::sleep(step.interval()) => {}
-                _ = step.changed() => {}
+            let delay = self.pull_delay(step.as_ref());
+            if self.pull_health.failing(step.name()) {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = step.changed() => {}
+                }
             }
         }
     }

@@ -2,15 +2,16 @@
 //! dataset; a poll lists it with `stat` (never trusting inotify, which misses NFS writes) and
 //! hands it to the [`Settler`], which calls it settled only once every file's size and mtime
 //! have stayed the same for the settle window, or its marker file exists. Half-written or
-//! vanishing files therefore never become an observation.
+//! vanishing files therefore never become an observation. Names that are not UTF-8 are
+//! refused (see `refused.rs`).
 
-use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use tracing::warn;
+
+use super::settle::Settler;
 
 /// One file as listed this poll.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -31,6 +32,9 @@ pub struct DatasetScan {
     pub files: Vec<ScannedFile>,
     /// The marker file exists: the writer says the dataset is complete.
     pub marked: bool,
+    /// The first entry found whose name is not UTF-8: it cannot be named in a spec without
+    /// loss, so the dataset is refused until it is renamed.
+    pub not_utf8: Option<PathBuf>,
 }
 
 impl DatasetScan {
@@ -39,17 +43,21 @@ impl DatasetScan {
     pub fn list(name: &str, dir: &Path, marker: Option<&str>) -> io::Result<Self> {
         let mut files = Vec::new();
         let mut marked = false;
+        let mut not_utf8 = None;
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
             for entry in std::fs::read_dir(&d)? {
                 let entry = entry?;
                 let file_name = entry.file_name();
-                let file_name = file_name.to_string_lossy();
-                if file_name.starts_with('.') {
+                if file_name.as_encoded_bytes().starts_with(b".") {
                     continue;
                 }
-                if d == dir && marker == Some(&*file_name) {
+                if d == dir && marker.is_some_and(|m| file_name == *m) {
                     marked = true;
+                    continue;
+                }
+                if file_name.to_str().is_none() {
+                    not_utf8.get_or_insert_with(|| entry.path());
                     continue;
                 }
                 let meta = entry.metadata()?;
@@ -70,6 +78,7 @@ impl DatasetScan {
             dir: dir.to_path_buf(),
             files,
             marked,
+            not_utf8,
         })
     }
 
@@ -93,11 +102,37 @@ impl DatasetScan {
         Ok(())
     }
 
-    /// A digest of every file's path, size and mtime: any write changes it.
-    fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
-        self.files.hash(&mut h);
-        h.finish()
+    /// A digest of every file's path, size and mtime: any write changes it. Stable across
+    /// processes and Rust releases (FNV-1a), since it is stored to survive restarts.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = Fnv1a::default();
+        for f in &self.files {
+            // Dataset paths are UTF-8 (others are refused), so this borrows, and its bytes
+            // are the same on every platform and Rust release.
+            h.write(f.path.to_string_lossy().as_bytes());
+            h.write(&[0]); // no path holds a NUL: the end of this one
+            h.write(&f.size.to_le_bytes());
+            h.write(&f.mtime_ns.to_le_bytes());
+        }
+        h.0
+    }
+}
+
+/// 64-bit FNV-1a: tiny, and defined by its constants, so a digest means the same in every
+/// build (std's `DefaultHasher` promises no such thing).
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
 }
 
@@ -107,110 +142,6 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0)
-}
-
-/// What the settler remembers of a dataset between polls: a fingerprint, not its files, so
-/// memory stays per dataset rather than per file.
-#[derive(Debug, Clone, Copy)]
-struct Seen {
-    fingerprint: u64,
-    since_ms: i64,
-    settled: bool,
-    polled: bool,
-}
-
-/// Decides when a dataset has been still long enough to be taken.
-#[derive(Debug)]
-pub struct Settler {
-    settle_ms: i64,
-    seen: HashMap<String, Seen>,
-}
-
-impl Settler {
-    /// A settler with the given window.
-    pub fn new(settle: Duration) -> Self {
-        Self {
-            settle_ms: settle.as_millis() as i64,
-            seen: HashMap::new(),
-        }
-    }
-
-    /// Heap bytes its memory of datasets holds (table slots, names), for the benchmark: a
-    /// figure the allocator's reuse of freed memory cannot hide, as it can an RSS delta.
-    pub fn tracked_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(String, Seen)>() + 1;
-        let names: usize = self.seen.keys().map(String::capacity).sum();
-        self.seen.capacity() * slot + names
-    }
-
-    /// Records this poll's listing of a dataset; returns whether it is settled now.
-    pub fn observe(&mut self, scan: &DatasetScan, now_ms: i64) -> bool {
-        let fingerprint = scan.fingerprint();
-        let entry = self.seen.entry(scan.name.clone()).or_insert(Seen {
-            fingerprint,
-            since_ms: now_ms,
-            settled: false,
-            polled: true,
-        });
-        entry.polled = true;
-        if entry.fingerprint != fingerprint {
-            *entry = Seen {
-                fingerprint,
-                since_ms: now_ms,
-                settled: false,
-                polled: true,
-            };
-        }
-        entry.settled =
-            !scan.files.is_empty() && (scan.marked || now_ms - entry.since_ms >= self.settle_ms);
-        entry.settled
-    }
-
-    /// A dataset could not be listed this poll (unreadable, or changing under the scan):
-    /// its window starts again.
-    pub fn unsettle(&mut self, name: &str, now_ms: i64) {
-        self.seen.insert(
-            name.to_string(),
-            Seen {
-                fingerprint: 0,
-                since_ms: now_ms,
-                settled: false,
-                polled: true,
-            },
-        );
-    }
-
-    /// Starts a poll.
-    pub fn begin_poll(&mut self) {
-        for s in self.seen.values_mut() {
-            s.polled = false;
-        }
-    }
-
-    /// Ends a poll: datasets that were not listed have vanished and are forgotten.
-    pub fn end_poll(&mut self) {
-        self.seen.retain(|_, s| s.polled);
-    }
-
-    /// How long until the soonest unsettled dataset could settle, if it stays still.
-    pub fn next_deadline(&self, now_ms: i64) -> Option<Duration> {
-        self.seen
-            .values()
-            .filter(|s| !s.settled)
-            .map(|s| (s.since_ms + self.settle_ms - now_ms).max(0))
-            .min()
-            .map(|ms| Duration::from_millis(ms as u64))
-    }
-
-    /// Datasets being tracked.
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Whether no dataset is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
-    }
 }
 
 /// Lists every dataset under `root`, feeds the settler, and passes each settled dataset to
@@ -227,9 +158,15 @@ pub fn scan_root(
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     for entry in std::fs::read_dir(root)? {
         let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with('.') && entry.file_type().is_ok_and(|t| t.is_dir()) {
-            dirs.push((name, entry.path()));
+        let raw = entry.file_name();
+        if raw.as_encoded_bytes().starts_with(b".") || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        match raw.into_string() {
+            Ok(name) => dirs.push((name, entry.path())),
+            // `caf\xe9` and `caf\xe8` would both read as `caf\u{FFFD}`: one key, two datasets.
+            Err(_) => settler.refuse(&entry.path(), "its directory name is not UTF-8"),
         }
     }
     dirs.sort_unstable();
@@ -242,6 +179,10 @@ pub fn scan_root(
             Ok(scan)
         });
         match listed {
+            Ok(DatasetScan {
+                not_utf8: Some(odd),
+                ..
+            }) => settler.refuse(&odd, "it holds a file whose name is not UTF-8"),
             Ok(scan) => {
                 if settler.observe(&scan, now_ms) && !settled(scan) {
                     aborted = true;

@@ -6,7 +6,8 @@ use anyhow::Context as _;
 
 use super::model::{Model, Obj};
 use crate::clock::Clock;
-use crate::store::{Change, ObjectRow, SpecChange, StatusWrite, Store};
+use crate::sources::SettleChanges;
+use crate::store::{Change, ObjectRow, SettleRecord, SpecChange, StatusWrite, Store, StoreError};
 
 /// Typed read/write access to models, for pull steps, policies and event steps.
 #[derive(Clone)]
@@ -56,6 +57,54 @@ impl Models {
         Ok(self
             .store
             .upsert_many(M::KIND, &values, self.now_ms())
+            .await?)
+    }
+
+    /// Upserts many desired states of one kind like [`Models::upsert_many`]; when the store
+    /// refuses the batch because of an item (not because it failed), upserts each item alone,
+    /// so one bad item never stops the others. Returns the changes made and, per item still
+    /// refused, its key and why; an error means the store itself failed.
+    pub async fn upsert_each<M: Model>(
+        &self,
+        items: &[(String, M)],
+    ) -> anyhow::Result<(Vec<SpecChange>, Vec<(String, anyhow::Error)>)> {
+        let refused = |e: &anyhow::Error| {
+            matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Invalid(_)))
+        };
+        match self.upsert_many(items).await {
+            Ok(changes) => return Ok((changes, Vec::new())),
+            Err(e) if !refused(&e) => return Err(e),
+            Err(_) => {}
+        }
+        let (mut changes, mut failed) = (Vec::new(), Vec::new());
+        for (key, spec) in items {
+            match self.upsert(key, spec).await {
+                Ok(change) => changes.push(SpecChange {
+                    key: key.clone(),
+                    change,
+                }),
+                Err(e) if refused(&e) => failed.push((key.clone(), e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((changes, failed))
+    }
+
+    /// What the filesystem source `source` recorded of its datasets' settle windows, so a
+    /// restarted process resumes them (see [`crate::sources::Settler::restore`]).
+    pub async fn settle_state(&self, source: &str) -> anyhow::Result<Vec<SettleRecord>> {
+        Ok(self.store.settle_state(source).await?)
+    }
+
+    /// Stores what changed in `source`'s settle windows since the last save.
+    pub async fn save_settle_state(
+        &self,
+        source: &str,
+        changes: &SettleChanges,
+    ) -> anyhow::Result<()> {
+        Ok(self
+            .store
+            .save_settle_state(source, &changes.changed, &changes.vanished)
             .await?)
     }
 

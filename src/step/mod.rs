@@ -25,7 +25,7 @@ pub mod prelude {
         Transport, Undecodable,
     };
     pub use crate::config::Settings;
-    pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, Settler};
+    pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, SettleChanges, Settler};
     pub use crate::store::Change;
     pub use crate::workspaces::{
         configured, ArchiveClient, CalibrationTargets, IngestionTargets, RequestStatus, Target,

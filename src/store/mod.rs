@@ -14,6 +14,7 @@ mod objects;
 mod policy;
 mod query;
 mod settle;
+mod settle_state;
 mod status;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use executions::{Execution, NewExecution};
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
 pub use settle::{synced_message, OutcomeRecord, Settled, Settlement};
+pub use settle_state::SettleRecord;
 pub use status::StatusWrite;
 
 /// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.

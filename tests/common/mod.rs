@@ -5,6 +5,8 @@
 pub mod archive;
 pub mod brokers;
 pub mod gate;
+pub mod logs;
+pub mod source_world;
 pub mod status_world;
 pub mod steps;
 pub mod workspaces_stub;
