@@ -1,5 +1,5 @@
 //! SIGKILL at random moments of a busy reconcile, 100 times over: `thalamus run` (SQLite
-//! file, the real steps against the Workspaces stand-in, status events over RabbitMQ) is
+//! file; 30 times on PostgreSQL too; the real steps against the Workspaces stand-in, status events over RabbitMQ) is
 //! started, killed with SIGKILL after a random delay, and started again, while new datasets
 //! appear and Workspaces completes requests, announcing each with a capability-status
 //! message published while the controller is down or up. Then it runs until quiescent.
@@ -22,9 +22,14 @@ use common::controller::{self, Controller};
 use common::rng::Rng;
 use common::store_view::{Row, StoreView};
 use common::workspaces_stub::{Route, Stub};
+use common::{Backend, TestDb};
 use thalamus::bus::{AmqpSession, EventsSettings};
 
+/// Restarts on SQLite (leases live in the process, so a restart frees them).
 const CYCLES: usize = 100;
+/// Restarts on PostgreSQL (leases are rows a killed process leaves behind), fewer so both
+/// variants together stay within three minutes on two cores.
+const CYCLES_POSTGRES: usize = 30;
 /// Datasets present before the first start.
 const INITIAL: usize = 10;
 /// Chance that datasets (one to three) appear before a restart.
@@ -119,6 +124,14 @@ impl World {
     }
 }
 
+/// The wall clock in epoch milliseconds, as the controller writes it.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
 /// How many requests Workspaces holds that no stored object records (yet).
 async fn unrecorded(view: &StoreView, stub: &Stub) -> usize {
     let recorded: std::collections::BTreeSet<i64> = view
@@ -144,9 +157,18 @@ fn quiescent(rows: &[Row], datasets: usize) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
+async fn sigkill_at_random_moments_sqlite() {
+    kill_cycles(Backend::Sqlite, CYCLES).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_moments_postgres() {
+    kill_cycles(Backend::Postgres, CYCLES_POSTGRES).await
+}
+
+async fn kill_cycles(backend: Backend, cycles: usize) {
     let seed = Rng::seed_from_env();
-    println!("seed {seed} (THALAMUS_TEST_SEED={seed} replays these choices)");
+    println!("{backend:?}: seed {seed} (THALAMUS_TEST_SEED={seed} replays these choices)");
     let mut rng = Rng::new(seed);
     let started = Instant::now();
     let stub = Stub::start().await;
@@ -157,7 +179,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     stub.delay(Route::Submit, Duration::from_millis(50));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let url = format!("sqlite://{}", dir.join("thalamus.db").display());
+    let db = TestDb::new(backend).await; // a fresh SQLite file or PostgreSQL schema
+    let url = db.url.clone();
     let mut s = controller::settings(dir, &url, &stub);
     s.sync.interval_ms = 250;
     s.workspaces.poll_seconds = POLL_SECONDS;
@@ -184,7 +207,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let mut completed_while_down = 0;
     let mut completed_while_up = 0;
     let mut killed_unrecorded = 0;
-    for cycle in 0..CYCLES {
+    for cycle in 0..cycles {
         if rng.chance(NEW_DATASETS) {
             for _ in 0..rng.range(1, 4) {
                 world.add_dataset();
@@ -219,7 +242,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
     }
     println!(
-        "{CYCLES} SIGKILLs in {:.1} s, {killed_unrecorded} of them after a create whose request \
+        "{backend:?}: {cycles} SIGKILLs in {:.1} s, {killed_unrecorded} of them after a create whose request \
          was not yet stored; {} datasets; {} requests completed and announced while the \
          controller was down, {} while it ran",
         started.elapsed().as_secs_f64(),
@@ -239,7 +262,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         rows = view.rows().await;
     }
     println!(
-        "last run: {} after {:.1} s",
+        "{backend:?}: last run {} after {:.1} s",
         if quiescent(&rows, world.datasets) {
             "quiescent"
         } else {
@@ -289,13 +312,25 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             world.completed.len()
         ));
     }
+    let leases = view.leases().await; // PostgreSQL only
+    if !rows.iter().all(Row::in_sync) && !leases.is_empty() {
+        let holders: std::collections::BTreeSet<&str> =
+            leases.iter().map(|l| l.holder.as_str()).collect();
+        failures.push(format!(
+            "{} leases still held, by {} holders (killed processes among them: {holders:?}), \
+             the last until {:.0} s from now",
+            leases.len(),
+            holders.len(),
+            (leases.iter().map(|l| l.until).max().unwrap_or(0) - now_ms()) as f64 / 1000.0
+        ));
+    }
     let dead = view.dead_letter_reasons().await;
     if !dead.is_empty() {
         failures.push(format!("{} dead letters: {dead:?}", dead.len()));
     }
     let creates = stub.creates_per_external_id();
     println!(
-        "end: {} create calls for {} external ids, {} events published, {} dead letters, \
+        "{backend:?}: {} create calls for {} external ids, {} events published, {} dead letters, \
          total {:.1} s",
         creates.values().sum::<usize>(),
         creates.len(),
