@@ -24,9 +24,12 @@ const OUTAGE: Duration = Duration::from_secs(30);
 const IN_FLIGHT: usize = 8;
 /// Datasets that appear while the database is away.
 const DURING: usize = 4;
-/// WARN/ERROR lines the whole outage may cost: a line when it starts and one per loop that
-/// notices it, not one per pass or poll.
-const MAX_OUTAGE_LINES: usize = 10;
+/// Connections in the controller's pool (`database.max_connections`).
+const POOL: u32 = 4;
+/// WARN/ERROR lines the whole outage may cost: one or two per loop that notices it (sync,
+/// pull, the audit of polls) and one per pooled connection the cut breaks (sqlx says so as
+/// it gives each back), not one per pass or poll.
+const MAX_OUTAGE_LINES: usize = 8 + POOL as usize;
 /// How soon after the database returns everything must be done: the work itself needs
 /// about 4 s (an ingestion, then its calibration, each looked at again after 1 s).
 const RESUME_WITHIN: Duration = Duration::from_secs(20);
@@ -83,6 +86,7 @@ async fn outage_mid_run(mode: Mode) {
     let dir = dir.path();
     let mut s = controller::settings(dir, &db.url_via(proxy.addr()), &stub);
     s.workspaces.poll_seconds = 1;
+    s.database.max_connections = POOL;
     let cfg = controller::write_config(dir, "config", &s);
     controller::run_to_end(&cfg, dir, &["migrate"]);
     for i in 0..IN_FLIGHT {
