@@ -6,9 +6,10 @@
 //! The promises: every model ends enacted, no external id is requested twice, and no event
 //! is lost (each one's own effect, its timestamp in the request status, is stored).
 //!
-//! Randomness: the kill delays and what happens between restarts come from a seeded
-//! generator; the seed is printed, and `THALAMUS_TEST_SEED=<seed>` replays the same choices
-//! (the controller's own timing still varies from run to run). Requests are completed only
+//! Randomness: the kill delays, the datasets' arrivals and when requests complete come from
+//! a seeded generator; the seed is printed, and `THALAMUS_TEST_SEED=<seed>` replays that
+//! schedule exactly (which requests complete, and the controller's own timing, still vary
+//! from run to run). Requests are completed only
 //! once the store shows them Submitted, and Workspaces is looked at again only after
 //! `POLL_SECONDS`, far beyond the test: only the event can finish a request in time.
 
@@ -17,7 +18,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::brokers::{actual, cleanup_amqp, events, publish_amqp, STATUS};
+use common::brokers::{actual, cleanup_amqp, events, try_publish_amqp, STATUS};
 use common::controller::{self, Controller};
 use common::rng::Rng;
 use common::store_view::{Row, StoreView};
@@ -57,6 +58,9 @@ struct World {
     datasets: usize,
     /// Request id → its completion and announcement.
     completed: BTreeMap<i64, Completion>,
+    /// Which requests complete: a stream of its own, since how many there are to choose
+    /// from depends on the controller's timing; the schedule's stream stays replayable.
+    picks: Rng,
 }
 
 impl World {
@@ -67,7 +71,7 @@ impl World {
 
     /// Completes up to `n` (all, if `None`) of the requests the store shows Submitted for
     /// its objects' current generation, and publishes each one's capability-status message.
-    async fn complete(&mut self, view: &StoreView, rng: &mut Rng, n: Option<usize>) {
+    async fn complete(&mut self, view: &StoreView, n: Option<usize>) {
         let mut candidates: Vec<Row> = view
             .rows()
             .await
@@ -84,7 +88,8 @@ impl World {
         let n = n.unwrap_or(candidates.len()).min(candidates.len());
         let mut payloads = Vec::new();
         for _ in 0..n {
-            let row = candidates.remove(rng.range(0, candidates.len() as u64) as usize);
+            let pick = self.picks.range(0, candidates.len() as u64) as usize;
+            let row = candidates.remove(pick);
             let id = row.request_id().unwrap();
             let seq = self.completed.len();
             let timestamp = format!(
@@ -114,12 +119,7 @@ impl World {
             );
         }
         if !payloads.is_empty() {
-            publish_amqp(
-                &actual(&self.events, STATUS),
-                "workspaces.status",
-                &payloads,
-            )
-            .await;
+            publish(&actual(&self.events, STATUS), &payloads).await;
         }
     }
 }
@@ -144,6 +144,20 @@ async fn unrecorded(view: &StoreView, stub: &Stub) -> usize {
         .iter()
         .filter(|r| !recorded.contains(&r.id))
         .count()
+}
+
+/// Publishes status messages, retrying (bounded) while RabbitMQ is away: other tests on
+/// this machine restart it, and the test's own publisher is not what is under test. A
+/// message published twice by a retry is a duplicate, which changes nothing.
+async fn publish(exchange: &str, payloads: &[Vec<u8>]) {
+    let start = Instant::now();
+    while let Err(e) = try_publish_amqp(exchange, "workspaces.status", payloads).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "RabbitMQ unavailable for a minute: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Whether every dataset's Observation, Ingestion and Calibration exists and is in sync.
@@ -191,7 +205,14 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
     let cfg = controller::write_config(dir, "config", &s);
     controller::run_to_end(&cfg, dir, &["migrate"]);
     // The queue exists and is bound before anything is published, as after a first start.
-    drop(AmqpSession::connect(&ev).await.unwrap());
+    let start = Instant::now();
+    while let Err(e) = AmqpSession::connect(&ev).await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "RabbitMQ unavailable: {e:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let view = StoreView::connect(&url).await;
     let mut world = World {
         stub: stub.clone(),
@@ -199,6 +220,7 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
         dir: dir.to_path_buf(),
         datasets: 0,
         completed: BTreeMap::new(),
+        picks: Rng::new(seed ^ 0x5EED_0F91_C5C5),
     };
     for _ in 0..INITIAL {
         world.add_dataset();
@@ -215,7 +237,7 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
         }
         if rng.chance(0.5) {
             let before = world.completed.len();
-            world.complete(&view, &mut rng, Some(3)).await;
+            world.complete(&view, Some(3)).await;
             completed_while_down += world.completed.len() - before;
         }
         let mut c = Controller::spawn(&cfg, dir, "controller", &[]);
@@ -226,7 +248,7 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
         tokio::time::sleep(Duration::from_millis(midway)).await;
         if rng.chance(0.5) {
             let before = world.completed.len();
-            world.complete(&view, &mut rng, Some(3)).await;
+            world.complete(&view, Some(3)).await;
             completed_while_up += world.completed.len() - before;
         }
         let rest = life.saturating_sub(c.started.elapsed().as_millis() as u64);
@@ -257,7 +279,7 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
     let mut rows = view.rows().await;
     while !quiescent(&rows, world.datasets) && last.elapsed() < FINAL_WAIT {
         assert!(c.alive(), "the last run exited:\n{}", c.tail(30));
-        world.complete(&view, &mut rng, None).await;
+        world.complete(&view, None).await;
         tokio::time::sleep(Duration::from_millis(200)).await;
         rows = view.rows().await;
     }
