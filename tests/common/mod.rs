@@ -4,11 +4,15 @@
 
 pub mod archive;
 pub mod brokers;
+pub mod controller;
 pub mod gate;
 pub mod logs;
+pub mod proxy;
+pub mod rng;
 pub mod source_world;
 pub mod status_world;
 pub mod steps;
+pub mod store_view;
 pub mod workspaces_stub;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,6 +88,18 @@ impl TestDb {
                 }
             }
         }
+    }
+
+    /// This database's URL reaching PostgreSQL through `addr` (a [`proxy::Proxy`]) instead
+    /// of 127.0.0.1:5432; same schema.
+    pub fn url_via(&self, addr: std::net::SocketAddr) -> String {
+        assert!(
+            self.url.contains("@127.0.0.1:5432/"),
+            "the proxy forwards to 127.0.0.1:5432; this database is at {}",
+            self.url
+        );
+        self.url
+            .replacen("@127.0.0.1:5432/", &format!("@{addr}/"), 1)
     }
 
     /// A migrated store on this database.

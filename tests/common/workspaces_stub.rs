@@ -1,9 +1,9 @@
 //! A stand-in for Workspaces and the archive: a small axum app on 127.0.0.1 implementing the
 //! REST contract of the design ("Domain contracts"), recording every call it receives, with
-//! scripted faults (errors, lost answers, slow answers, stale listings) and request states the
-//! test moves by hand.
+//! scripted faults (errors, lost answers, slow answers, stale listings), lasting delays and
+//! held answers per route, and request states the test moves by hand (or lets complete).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +21,8 @@ pub struct Received {
     pub raw: String,
     pub body: Option<Value>,
     pub authorization: Option<String>,
+    /// When the call arrived.
+    pub at: std::time::Instant,
 }
 
 impl Received {
@@ -77,6 +79,15 @@ struct Inner {
     faults: HashMap<Route, VecDeque<Fault>>,
     /// Archive calibration status by ASDM uid (decoded).
     marks: HashMap<String, Value>,
+    /// Every answer on the route comes this much later (the work is done first).
+    delays: HashMap<Route, Duration>,
+    /// Routes whose answers wait until the test releases them (the work is done first).
+    holds: HashMap<Route, tokio::sync::watch::Receiver<bool>>,
+    hold_gates: HashMap<Route, tokio::sync::watch::Sender<bool>>,
+    /// Answers waiting on a hold right now, per route.
+    held: HashMap<Route, usize>,
+    /// A submitted request completes at once (its submit still answers Submitted).
+    auto_complete: bool,
 }
 
 /// The running stand-in; the server stops when the test's runtime does.
@@ -165,6 +176,73 @@ impl Stub {
         r.message = message.map(str::to_string);
     }
 
+    /// Makes every later answer on `route` wait `delay` after doing its work (a slow
+    /// Workspaces: a listing made at once but answered late widens every race).
+    pub fn delay(&self, route: Route, delay: Duration) {
+        self.inner.lock().unwrap().delays.insert(route, delay);
+    }
+
+    /// Holds every later answer on `route` (the work is done, the answer waits) until
+    /// [`Stub::release`]: a step the test knows is in flight.
+    pub fn hold(&self, route: Route) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut inner = self.inner.lock().unwrap();
+        inner.holds.insert(route, rx);
+        inner.hold_gates.insert(route, tx);
+    }
+
+    /// Lets the answers held on `route` go, and answers at once from now on.
+    pub fn release(&self, route: Route) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.holds.remove(&route);
+        if let Some(gate) = inner.hold_gates.remove(&route) {
+            let _ = gate.send(true);
+        }
+    }
+
+    /// How many answers on `route` are held right now.
+    pub fn held(&self, route: Route) -> usize {
+        self.inner
+            .lock()
+            .unwrap()
+            .held
+            .get(&route)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Whether a submitted request completes at once (as if its work took no time): the
+    /// submit answers Submitted, and the next look at the request finds it Complete.
+    pub fn auto_complete(&self, on: bool) {
+        self.inner.lock().unwrap().auto_complete = on;
+    }
+
+    /// How many create calls each external id received, whatever the answers were: a
+    /// duplicate shows as a count above 1 even though the second create was answered 409.
+    pub fn creates_per_external_id(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for r in self.received() {
+            let create = r.method == "POST" && r.raw.ends_with("/request/create");
+            let external_id = r
+                .body
+                .as_ref()
+                .and_then(|b| b["external_id"].as_str())
+                .map(str::to_string);
+            if let (true, Some(id)) = (create, external_id) {
+                *counts.entry(id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// The external ids that received more than one create call, with their counts.
+    pub fn duplicate_creates(&self) -> BTreeMap<String, usize> {
+        self.creates_per_external_id()
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .collect()
+    }
+
     /// What the archive holds as the calibration status of `uid`.
     pub fn mark(&self, uid: &str) -> Option<Value> {
         self.inner.lock().unwrap().marks.get(uid).cloned()
@@ -212,7 +290,7 @@ async fn handle(
         .filter_map(|kv| kv.split_once('='))
         .map(|(k, v)| (decode(k), decode(&v.replace('+', " "))))
         .collect();
-    let (response, delay, hold) = {
+    let (response, delay, hold, gate, route) = {
         let mut inner = inner.lock().unwrap();
         inner.received.push(Received {
             method: method.to_string(),
@@ -221,6 +299,7 @@ async fn handle(
             authorization: headers
                 .get("authorization")
                 .map(|v| v.to_str().unwrap().to_string()),
+            at: std::time::Instant::now(),
         });
         let route = match (&method, segments.as_slice()) {
             (&Method::POST, ["workspaces", _, _, "request", "create"]) => Route::Create,
@@ -235,26 +314,47 @@ async fn handle(
             return (StatusCode::from_u16(status).unwrap(), text).into_response();
         }
         let mut response = work(&mut inner, route, &segments, &query, body);
-        let mut delay = None;
-        let mut hold = None;
+        let mut delay = inner.delays.get(&route).copied();
+        let hold = inner.holds.get(&route).cloned();
+        if hold.is_some() {
+            *inner.held.entry(route).or_insert(0) += 1;
+        }
+        let mut gate = None;
         match fault {
             Some(Fault::Lost(status)) => {
                 response = (StatusCode::from_u16(status).unwrap(), "lost").into_response()
             }
             Some(Fault::Slow(d)) => delay = Some(d),
             Some(Fault::StaleList) => response = answer(StatusCode::OK, json!([])),
-            Some(Fault::Hold(gate)) => hold = Some(gate),
+            Some(Fault::Hold(g)) => gate = Some(g),
             _ => {}
         }
-        (response, delay, hold)
+        (response, delay, hold, gate, route)
     };
+    if let Some(mut gate) = hold {
+        // Counted as held until answered, or until the caller goes away (say, killed).
+        let _held = Held(inner.clone(), route);
+        let _ = gate.wait_for(|open| *open).await;
+    }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
-    if let Some(gate) = hold {
+    if let Some(gate) = gate {
         gate.pass().await;
     }
     response
+}
+
+/// One answer waiting on a hold; it stops counting when dropped.
+struct Held(Arc<Mutex<Inner>>, Route);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let mut inner = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = inner.held.get_mut(&self.1) {
+            *n = n.saturating_sub(1);
+        }
+    }
 }
 
 /// The contract's normal behaviour for one call.
@@ -319,7 +419,11 @@ fn work(
         }
         Route::Submit => match find(inner, segments[3]) {
             Some(i) if inner.requests[i].state == "Created" => {
-                inner.requests[i].state = "Submitted".into();
+                inner.requests[i].state = if inner.auto_complete {
+                    "Complete".into()
+                } else {
+                    "Submitted".into()
+                };
                 answer(
                     StatusCode::OK,
                     json!({"id": inner.requests[i].id, "state": "Submitted"}),
