@@ -63,8 +63,12 @@ pub struct SyncSettings {
     pub wait_recheck_seconds: u64,
     /// Time running steps get to finish after SIGTERM before they are abandoned.
     pub shutdown_grace_seconds: u64,
-    /// Identity written into leases and executions; defaults to host name and process id.
+    /// Identity written into leases and executions; defaults to the host name. One live
+    /// process per id: a restart under the same id takes its predecessor's leases over.
     pub holder_id: Option<String>,
+    /// How long a process's heartbeat (PostgreSQL) vouches for it: a restart after a crash
+    /// waits at most this long before it takes its predecessor's work over.
+    pub heartbeat_seconds: u64,
     pub backoff: BackoffSettings,
 }
 
@@ -174,6 +178,7 @@ impl Default for SyncSettings {
             wait_recheck_seconds: 60,
             shutdown_grace_seconds: 30,
             holder_id: None,
+            heartbeat_seconds: 10,
             backoff: BackoffSettings::default(),
         }
     }
@@ -324,6 +329,12 @@ impl Settings {
         }
         if s.interval_ms > MAX_WAIT_SECONDS * 1000 {
             return bad("sync.interval_ms", "must be at most 86400000 (a day)");
+        }
+        if !(1..=3600).contains(&s.heartbeat_seconds) {
+            return bad("sync.heartbeat_seconds", "must be from 1 to 3600");
+        }
+        if s.holder_id.as_deref().is_some_and(|h| h.trim().is_empty()) {
+            return bad("sync.holder_id", "must not be empty");
         }
         if s.lease_seconds <= s.step_timeout_seconds {
             return bad(

@@ -20,14 +20,26 @@ pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Resul
         eprintln!("second signal: exiting now");
         std::process::exit(130);
     });
-    if once {
-        let report = engine.run_once().await?;
-        println!("{}", summary(&report));
+    // One live process per holder id: after a crash, the restarted process waits for its
+    // predecessor's heartbeat to lapse, then takes its leases over at once.
+    let Some(seat) = engine.join().await? else {
+        return Ok(()); // shutdown requested while waiting for the holder id
+    };
+    let heart = engine.clone();
+    let beat = seat.clone();
+    let heartbeat = tokio::spawn(async move { heart.keep(&beat).await });
+    let result = if once {
+        engine
+            .run_once()
+            .await
+            .map(|report| println!("{}", summary(&report)))
     } else {
-        engine.run().await?;
-    }
+        engine.run().await
+    };
+    heartbeat.abort();
+    engine.leave(&seat).await;
     engine.store().close().await;
-    Ok(())
+    result
 }
 
 fn summary(r: &OnceReport) -> String {

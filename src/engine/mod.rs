@@ -6,6 +6,7 @@
 mod backoff;
 mod event;
 mod health;
+mod membership;
 mod outcome;
 mod policy;
 mod pull;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::Backoff;
 pub use event::EventReport;
 pub use health::StoreHealth;
+pub use membership::Seat;
 pub use policy::PolicyReport;
 pub use pull::PullSummary;
 pub use sync::SyncReport;
@@ -168,13 +170,13 @@ impl Engine {
     }
 }
 
-/// `host:pid`, unique per process on a host.
+/// The host name: stable across restarts, so a restarted process takes over what its
+/// predecessor under the same id leased (see `membership.rs`).
 fn default_holder() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "localhost".into())
 }

@@ -6,7 +6,7 @@ use std::ops::AddAssign;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
-use tracing::info;
+use tracing::{debug, info};
 
 use super::runner::{Job, Node, Round};
 use super::Engine;
@@ -114,7 +114,14 @@ impl Engine {
                     self.release(next).await?;
                     return Err(e);
                 }
-                (Ok(_), Err(e)) => return Err(e.context("claiming due objects")),
+                (Ok(round), Err(e)) => {
+                    // The round's outcomes are stored; only the page ahead is missing (the
+                    // store failed meanwhile). Claim afresh; a claim that landed unanswered
+                    // is given back at the next pass.
+                    debug!("claiming the next page ahead failed: {e:#}");
+                    self.stray_leases.store(true, Ordering::SeqCst);
+                    report += round;
+                }
                 (Err(e), Err(_)) => return Err(e),
             }
         }

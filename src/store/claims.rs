@@ -20,7 +20,8 @@ const DIRTY: &str = "(enacted < generation OR deleted_at IS NOT NULL)";
 
 impl Store {
     /// Claims up to `limit` dirty objects of `kind` due by `due_by` and not leased as of `now`,
-    /// leasing them to `holder` until `lease_until`; an expired lease is taken over. Leases
+    /// leasing them to `holder` until `lease_until`; an expired lease is taken over, and so is
+    /// one `holder` itself left (one live process per holder id: see `replicas.rs`). Leases
     /// are rows in `leases` on PostgreSQL, where concurrent claimers never both get an object
     /// (the second insert of a lease waits for the first to commit, then finds it live), and
     /// in memory on SQLite (`leases.rs`). Objects in `exclude` (the claimer's running round)
@@ -44,10 +45,10 @@ impl Store {
                 let cols = OBJECT_COLUMNS.replace(", ", ", o.");
                 let sql = format!(
                     "WITH due AS ({due} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
-                       AND l.until >= $3) AND NOT (objects.id{}) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+                       AND l.until >= $3 AND l.holder <> $5) AND NOT (objects.id{}) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
                      got AS (INSERT INTO leases (id, holder, until) SELECT id, $5, $6 FROM due \
                        ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
-                       WHERE leases.until < $3 RETURNING id) \
+                       WHERE leases.until < $3 OR leases.holder = $5 RETURNING id) \
                      SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id",
                     self.in_ids(7)
                 );
@@ -71,7 +72,7 @@ impl Store {
                     super::objects::object_json_columns());
                 let live = self.id_param(
                     self.mem_leases
-                        .live(now)
+                        .live_for_others(now, holder)
                         .into_iter()
                         .chain(exclude.iter().copied()),
                 );

@@ -184,6 +184,20 @@ impl Harness {
         build_engine(&self.db, &s, &self.clock, &self.script, |_, _| {}).await
     }
 
+    /// An engine on `store` (say, this database reached through a proxy), sharing this
+    /// harness's clock and script, as `holder`.
+    pub fn engine_on(
+        &self,
+        store: Store,
+        holder: &str,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Engine {
+        let mut s = settings(&self.db.url);
+        s.sync.holder_id = Some(holder.to_string());
+        tweak(&mut s);
+        engine_with_store(store, &s, &self.clock, &self.script, |_, _| {})
+    }
+
     pub fn models(&self) -> &thalamus::step::Models {
         self.engine.models()
     }
@@ -208,12 +222,22 @@ async fn build_engine(
     script: &Arc<Script>,
     extra: impl FnOnce(&mut Registry, &Arc<Script>),
 ) -> Engine {
+    engine_with_store(db.store().await, settings, clock, script, extra)
+}
+
+fn engine_with_store(
+    store: Store,
+    settings: &Settings,
+    clock: &ManualClock,
+    script: &Arc<Script>,
+    extra: impl FnOnce(&mut Registry, &Arc<Script>),
+) -> Engine {
     let mut registry = Registry::new();
     register_test_steps(&mut registry, script);
     extra(&mut registry, script);
     let graph = DepGraph::parse("test-deps.json", DEPS, &registry.sync_kinds()).expect("graph");
     Engine::new(
-        db.store().await,
+        store,
         registry,
         graph,
         settings.clone(),
