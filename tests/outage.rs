@@ -120,3 +120,21 @@ async fn a_restart_takes_its_predecessors_leases_over_after_one_heartbeat() {
     new.leave(&seat).await;
     assert_eq!(h.store().replicas().await.unwrap(), []);
 }
+
+/// Leases are written to PostgreSQL's log: a crash or a failover to a standby keeps them.
+/// An UNLOGGED table is emptied after a crash (and is not replicated), which freed every
+/// object to be claimed again while its holder's step still ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_survive_a_crash() {
+    let h = Harness::new(Backend::Postgres).await;
+    let thalamus::store::Db::Postgres(pool) = h.store().db() else {
+        unreachable!("a PostgreSQL harness")
+    };
+    let persistence: String = sqlx::query_scalar(
+        "SELECT relpersistence::text FROM pg_class WHERE oid = 'leases'::regclass",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(persistence, "p", "p: permanent (logged); u: unlogged");
+}

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::source_world::World;
@@ -188,22 +187,12 @@ fn config(dir: &Path, stub: &Stub) -> String {
 /// `thalamus run --once` in `dir`; returns its stdout.
 async fn run_once(dir: &Path) -> String {
     let dir = dir.to_path_buf();
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_thalamus"))
-            .args(["--config", "config.yaml", "run", "--once"])
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap()
+    tokio::task::spawn_blocking(move || {
+        let config = dir.join("config.yaml");
+        common::controller::run_to_end(&config, &dir, &["run", "--once"])
     })
     .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    .unwrap()
 }
 
 /// Cron style: each `run --once` is a new process. The first sees the dataset; once its

@@ -61,6 +61,7 @@ pub fn run_to_end(config: &Path, dir: &Path, args: &[&str]) -> String {
         .arg(config)
         .args(args)
         .current_dir(dir)
+        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     assert!(

@@ -178,10 +178,7 @@ impl Harness {
         holder: &str,
         tweak: impl FnOnce(&mut Settings),
     ) -> Engine {
-        let mut s = settings(&self.db.url);
-        s.sync.holder_id = Some(holder.to_string());
-        tweak(&mut s);
-        build_engine(&self.db, &s, &self.clock, &self.script, |_, _| {}).await
+        self.engine_on(self.db.store().await, holder, tweak)
     }
 
     /// An engine on `store` (say, this database reached through a proxy), sharing this
