@@ -22,8 +22,9 @@ use crate::store::{NewExecution, ObjectRow, OutcomeRecord, Settled};
 
 /// An outcome reaches the store at most this long after its step finished (store willing).
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Outcomes are written at once when this many have piled up.
-const FLUSH_AT: usize = 256;
+/// Outcomes are written at once when this many have piled up (a page's worth by default:
+/// each write is a transaction, and a round of quick steps is best stored in one).
+const FLUSH_AT: usize = 1000;
 /// First and longest wait before the store is tried again after a failure.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
