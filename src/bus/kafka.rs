@@ -77,6 +77,8 @@ impl KafkaSource {
         config
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
+            // The broker names members after it (tansu: "thalamus-<uuid>"): logs say who.
+            .set("client.id", "thalamus")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set(
