@@ -6,6 +6,7 @@
 # Env knobs:
 #   THALAMUS_TOOLS   cache dir for the binary, log and pid   (default ~/.cache/thalamus)
 #   KAFKA_ADDR       host:port to listen/advertise on         (default 127.0.0.1:19092)
+#   KAFKA_ADVERTISED host:port told to clients, if not that   (default KAFKA_ADDR; e.g. a proxy)
 #   KAFKA_STORAGE    tansu --storage-engine URL               (default memory://tansu/)
 #   KAFKA_WAIT_SECS  readiness timeout                        (default 60)
 # Notes (checked with librdkafka 2.6.1 and 2.16.0):
@@ -20,6 +21,7 @@ set -euo pipefail
 
 TOOLS="${THALAMUS_TOOLS:-${HOME:-/root}/.cache/thalamus}"
 ADDR="${KAFKA_ADDR:-127.0.0.1:19092}"
+ADVERTISED="${KAFKA_ADVERTISED:-$ADDR}"
 STORAGE="${KAFKA_STORAGE:-memory://tansu/}"
 WAIT="${KAFKA_WAIT_SECS:-60}"
 HOST="${ADDR%:*}" PORT="${ADDR##*:}"
@@ -65,7 +67,7 @@ fi
 mkdir -p "$TOOLS"
 # setsid+nohup: the broker outlives this script and its session (CI step).
 nohup setsid "$TANSU" broker \
-  --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADDR" \
+  --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADVERTISED" \
   --storage-engine "$STORAGE" >"$LOG" 2>&1 </dev/null &
 echo $! >"$PIDFILE"
 
