@@ -17,6 +17,11 @@
 # - group JoinGroup completes after ~session.timeout.ms/2 (6000 -> ~3 s per (re)join).
 # - ListOffsets(latest) (fetch_watermarks, auto.offset.reset=latest) returns the last
 #   batch's base offset + 1, i.e. too low when that batch held >1 record; Fetch is fine.
+# - a LeaveGroup from the leader of a rebalance still forming (its JoinGroup answered, no
+#   SyncGroup yet, e.g. a consumer closed mid-join) wedges that group until the broker
+#   restarts: the coordinator keeps the departed member as leader, and every later member's
+#   SyncGroup gets REBALANCE_IN_PROGRESS. DeleteGroups also clears it (offsets go too). A
+#   member that vanishes without LeaveGroup is expired after session.timeout.ms (fine).
 set -euo pipefail
 
 TOOLS="${THALAMUS_TOOLS:-${HOME:-/root}/.cache/thalamus}"

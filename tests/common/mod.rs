@@ -4,6 +4,7 @@
 
 pub mod archive;
 pub mod brokers;
+pub mod kafka_proxy;
 pub mod status_world;
 pub mod steps;
 pub mod workspaces_stub;
