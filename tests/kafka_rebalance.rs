@@ -138,13 +138,14 @@ async fn restart_while_its_own_join_is_in_flight_loses_nothing() {
 
     let first = archive_world(&db, events.clone(), 10).await;
     let run = spawn_run(&first);
-    // The JoinGroup that carries the member id the broker handed out: the one a broker
-    // answers only when the join phase ends (tansu holds it for session.timeout.ms / 2).
+    // The JoinGroup that takes part in the join phase, the one a broker answers only when
+    // that phase ends (tansu holds it for session.timeout.ms / 2): a dynamic member's second
+    // (carrying the member id the broker handed out), a static member's first.
     let ours = joined_by("thalamus", events.kafka.group_id.clone());
-    let join = proxy.wait_join("the controller's JoinGroup with its member id", |joins| {
+    let join = proxy.wait_join("the controller's JoinGroup in the join phase", |joins| {
         joins
             .iter()
-            .find(|j| ours(j) && !j.member_id.is_empty())
+            .find(|j| ours(j) && (!j.member_id.is_empty() || j.instance_id.is_some()))
             .cloned()
     });
     assert!(!join.answered, "stopped while its JoinGroup is in flight");

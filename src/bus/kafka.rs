@@ -3,15 +3,14 @@
 //! starts from the earliest offset. librdkafka reconnects by itself; a failed start is
 //! retried with backoff.
 //!
-//! A stopped consumer does not leave its group: it goes silent, and the broker expires it
-//! after `session.timeout.ms`, as it would a crashed one. A LeaveGroup sent while the group
-//! is rebalancing (which a client cannot know for sure) wedged tansu 0.6's group for good:
-//! its coordinator keeps a leader that has left as the leader of the forming group, so every
-//! later member waits for that leader's assignment forever (see the README, Events). A
-//! rebalance that does not complete is logged.
+//! The consumer is a static group member (`group.instance.id` = the holder id, one live
+//! process per id): it never sends LeaveGroup, and a restart under the same id takes its
+//! place. A LeaveGroup sent while the group is rebalancing (which a client cannot know for
+//! sure) wedged tansu 0.6's group for good: its coordinator keeps a leader that has left as
+//! the leader of the forming group, so every later member waits for that leader's assignment
+//! forever (see the README, Events). A rebalance that does not complete is logged.
 
 use std::collections::BTreeMap;
-use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,37 +101,11 @@ struct Mark {
     offset: i64,
 }
 
-/// A subscribed consumer in the configured group. Dropping it stops the consumer without
-/// leaving the group (see the module documentation).
+/// A subscribed consumer in the configured group.
 pub struct KafkaSource {
-    /// Never dropped: [`Drop`] destroys the librdkafka handle itself (see there).
-    consumer: ManuallyDrop<StreamConsumer<LagContext>>,
+    consumer: StreamConsumer<LagContext>,
     membership: watch::Receiver<Membership>,
     aliases: EventsSettings,
-}
-
-impl Drop for KafkaSource {
-    fn drop(&mut self) {
-        let started = Instant::now();
-        let handle = self.consumer.client().native_ptr();
-        // SAFETY: `rd_kafka_destroy_flags` is librdkafka's own way to destroy a consumer
-        // without `rd_kafka_consumer_close` leaving the group (and it purges the close's
-        // rebalance events, so no callback runs). The handle is used once, here, with
-        // exclusive access (`&mut self`); afterwards nothing touches it: the Rust wrappers,
-        // whose drop would close and destroy the handle again, are leaked, never dropped, and
-        // so are the context and waker slab librdkafka's callbacks point to. The leak is a few
-        // hundred bytes and rdkafka's idle wake-up task, once per consumer (one per run).
-        unsafe {
-            rdkafka::bindings::rd_kafka_destroy_flags(
-                handle,
-                rdkafka::bindings::RD_KAFKA_DESTROY_F_NO_CONSUMER_CLOSE,
-            )
-        };
-        info!(
-            "Kafka consumer stopped without leaving its group ({:?}); the broker expires it",
-            started.elapsed()
-        );
-    }
 }
 
 impl KafkaSource {
@@ -140,6 +113,7 @@ impl KafkaSource {
     pub async fn connect(
         events: &EventsSettings,
         metrics: Arc<EventMetrics>,
+        instance: Option<&str>,
     ) -> anyhow::Result<Self> {
         let settings = &events.kafka;
         let mut config = ClientConfig::new();
@@ -158,6 +132,11 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             // After a broker restart a topic may come back later: look for it every 10 s.
             .set("topic.metadata.refresh.interval.ms", "10000");
+        if let Some(instance) = instance {
+            // Static membership (KIP-345): a stopped consumer never sends LeaveGroup, and
+            // one restarted under the same id takes its place without a rebalance.
+            config.set("group.instance.id", instance);
+        }
         if settings.create_topics {
             let admin: AdminClient<_> =
                 config.create().context("creating the Kafka admin client")?;
@@ -190,7 +169,7 @@ impl KafkaSource {
             })
             .context("creating the Kafka consumer")?;
         let consumer = Self {
-            consumer: ManuallyDrop::new(consumer),
+            consumer,
             membership: watching,
             aliases: events.clone(),
         };
@@ -356,7 +335,7 @@ pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: Cancell
         .without_max_times()
         .build();
     let source = loop {
-        match KafkaSource::connect(&events, engine.event_metrics()).await {
+        match KafkaSource::connect(&events, engine.event_metrics(), Some(engine.holder())).await {
             Ok(s) => break s,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(60));

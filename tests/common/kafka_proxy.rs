@@ -21,6 +21,9 @@ pub struct Join {
     pub group_id: String,
     /// Empty on a first join (the broker then hands out an id: MEMBER_ID_REQUIRED).
     pub member_id: String,
+    /// A static member's `group.instance.id` (JoinGroup v5), which joins at once without
+    /// asking for a member id first.
+    pub instance_id: Option<String>,
     connection: u64,
     correlation_id: i32,
     /// Whether the broker's answer has passed back to the client.
@@ -161,11 +164,17 @@ fn parse_join(frame: &[u8], connection: u64, seq: usize) -> Option<Join> {
     let _session_timeout = r.i32()?;
     let _rebalance_timeout = r.i32()?;
     let member_id = r.string()?;
+    let instance_id = if version >= 5 {
+        r.nullable_string()?
+    } else {
+        None
+    };
     Some(Join {
         seq,
         client_id,
         group_id,
         member_id,
+        instance_id,
         connection,
         correlation_id,
         answered: false,
@@ -189,6 +198,15 @@ impl Reader<'_> {
     }
     fn i32(&mut self) -> Option<i32> {
         Some(i32::from_be_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn nullable_string(&mut self) -> Option<Option<String>> {
+        let len = self.i16()?;
+        if len < 0 {
+            return Some(None);
+        }
+        Some(Some(
+            String::from_utf8_lossy(self.take(len as usize)?).into_owned(),
+        ))
     }
     fn string(&mut self) -> Option<String> {
         let len = self.i16()?;
