@@ -6,6 +6,7 @@
 # Env knobs:
 #   THALAMUS_TOOLS   cache dir for the binary, log and pid   (default ~/.cache/thalamus)
 #   KAFKA_ADDR       host:port to listen/advertise on         (default 127.0.0.1:19092)
+#   KAFKA_ADVERTISED host:port told to clients, if not that   (default KAFKA_ADDR; e.g. a proxy)
 #   KAFKA_STORAGE    tansu --storage-engine URL               (default memory://tansu/)
 #   KAFKA_WAIT_SECS  readiness timeout                        (default 60)
 # Notes (checked with librdkafka 2.6.1 and 2.16.0):
@@ -16,10 +17,16 @@
 # - group JoinGroup completes after ~session.timeout.ms/2 (6000 -> ~3 s per (re)join).
 # - ListOffsets(latest) (fetch_watermarks, auto.offset.reset=latest) returns the last
 #   batch's base offset + 1, i.e. too low when that batch held >1 record; Fetch is fine.
+# - a LeaveGroup from the leader of a rebalance still forming (its JoinGroup answered, no
+#   SyncGroup yet, e.g. a consumer closed mid-join) wedges that group until the broker
+#   restarts: the coordinator keeps the departed member as leader, and every later member's
+#   SyncGroup gets REBALANCE_IN_PROGRESS. DeleteGroups also clears it (offsets go too). A
+#   member that vanishes without LeaveGroup is expired after session.timeout.ms (fine).
 set -euo pipefail
 
 TOOLS="${THALAMUS_TOOLS:-${HOME:-/root}/.cache/thalamus}"
 ADDR="${KAFKA_ADDR:-127.0.0.1:19092}"
+ADVERTISED="${KAFKA_ADVERTISED:-$ADDR}"
 STORAGE="${KAFKA_STORAGE:-memory://tansu/}"
 WAIT="${KAFKA_WAIT_SECS:-60}"
 HOST="${ADDR%:*}" PORT="${ADDR##*:}"
@@ -65,7 +72,7 @@ fi
 mkdir -p "$TOOLS"
 # setsid+nohup: the broker outlives this script and its session (CI step).
 nohup setsid "$TANSU" broker \
-  --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADDR" \
+  --listener-url "tcp://$ADDR" --advertised-listener-url "tcp://$ADVERTISED" \
   --storage-engine "$STORAGE" >"$LOG" 2>&1 </dev/null &
 echo $! >"$PIDFILE"
 

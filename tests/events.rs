@@ -69,7 +69,7 @@ async fn duplicates_and_stale_states_change_nothing() {
     let topic = actual(&w.events, STATUS);
     // One partition keeps the order: Executing at :02, a late Submitted from :01, Complete, and
     // Complete again.
-    let source = KafkaSource::connect(&w.events, w.engine.event_metrics())
+    let source = KafkaSource::connect(&w.events, w.engine.event_metrics(), None)
         .await
         .unwrap();
     produce_kafka(
@@ -180,7 +180,7 @@ async fn crash_between_store_and_commit_redelivers_once_applied_kafka() {
     let topic = actual(&w.events, STATUS);
     produce_kafka(&topic, &[status(5, "Complete", "2026-01-01T00:00:05Z")]).await;
     let shutdown = CancellationToken::new();
-    let first = KafkaSource::connect(&w.events, w.engine.event_metrics())
+    let first = KafkaSource::connect(&w.events, w.engine.event_metrics(), None)
         .await
         .unwrap();
     let received = first.recv().await.unwrap();
@@ -189,7 +189,7 @@ async fn crash_between_store_and_commit_redelivers_once_applied_kafka() {
         Delivery::Applied
     );
     drop(first); // killed before committing
-    let second = KafkaSource::connect(&w.events, w.engine.event_metrics())
+    let second = KafkaSource::connect(&w.events, w.engine.event_metrics(), None)
         .await
         .unwrap();
     let again = second.recv().await.unwrap();

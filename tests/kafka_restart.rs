@@ -96,7 +96,7 @@ async fn kafka_restart_loses_nothing() {
     let engine = archive_world(&db, events.clone(), 100).await;
     // Create the topics before producing.
     drop(
-        KafkaSource::connect(&events, engine.event_metrics())
+        KafkaSource::connect(&events, engine.event_metrics(), None)
             .await
             .unwrap(),
     );

@@ -132,7 +132,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
         .aliases
         .insert(topic, crate::steps::events::STATUS_TOPIC.into());
     let (scratch, engine) = world(args, events.clone(), n).await?;
-    let source = KafkaSource::connect(&events, engine.event_metrics()).await?;
+    let source = KafkaSource::connect(&events, engine.event_metrics(), None).await?;
     let shutdown = CancellationToken::new();
     // The group join is not part of the rate: the clock starts at the first message.
     let first = source.recv().await?;

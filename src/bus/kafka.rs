@@ -2,10 +2,17 @@
 //! after the effects (or dead letters) of the messages before them are stored. A new group
 //! starts from the earliest offset. librdkafka reconnects by itself; a failed start is
 //! retried with backoff.
+//!
+//! The consumer is a static group member (`group.instance.id` = the holder id, one live
+//! process per id): it never sends LeaveGroup, and a restart under the same id takes its
+//! place. A LeaveGroup sent while the group is rebalancing (which a client cannot know for
+//! sure) wedged tansu 0.6's group for good: its coordinator keeps a leader that has left as
+//! the leader of the forming group, so every later member waits for that leader's assignment
+//! forever (see the README, Events). A rebalance that does not complete is logged.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -13,11 +20,14 @@ use futures::FutureExt as _;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Headers, Message};
 use rdkafka::statistics::Statistics;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -26,8 +36,21 @@ use super::{deliver_batch, EventsSettings};
 use crate::engine::Engine;
 use crate::step::{Event, Transport};
 
-/// Feeds librdkafka's statistics (consumer lag per partition) into the event metrics.
-pub struct LagContext(Arc<EventMetrics>);
+/// Where the consumer stands in its group, as librdkafka's rebalance callbacks tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    /// Subscribed, and waiting for a rebalance to complete and hand out partitions.
+    Joining,
+    /// The last rebalance completed; this many partitions are ours (maybe none).
+    Assigned(usize),
+}
+
+/// Feeds librdkafka's statistics (consumer lag per partition) into the event metrics, and its
+/// rebalances into the consumer's [`Membership`].
+pub struct LagContext {
+    metrics: Arc<EventMetrics>,
+    membership: watch::Sender<Membership>,
+}
 
 impl ClientContext for LagContext {
     fn stats(&self, statistics: Statistics) {
@@ -38,12 +61,30 @@ impl ClientContext for LagContext {
             .map(|p| p.consumer_lag);
         let known: Vec<i64> = lags.filter(|lag| *lag >= 0).collect();
         if !known.is_empty() {
-            self.0.set_lag(known.iter().sum());
+            self.metrics.set_lag(known.iter().sum());
         }
     }
 }
 
-impl ConsumerContext for LagContext {}
+impl ConsumerContext for LagContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance {
+            self.membership.send_replace(Membership::Joining);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                info!(partitions = partitions.count(), "Kafka partitions assigned");
+                self.membership
+                    .send_replace(Membership::Assigned(partitions.count()));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!("Kafka rebalance failed: {e}"),
+        }
+    }
+}
 
 /// A message received and not yet committed.
 #[derive(Debug, Clone)]
@@ -63,6 +104,7 @@ struct Mark {
 /// A subscribed consumer in the configured group.
 pub struct KafkaSource {
     consumer: StreamConsumer<LagContext>,
+    membership: watch::Receiver<Membership>,
     aliases: EventsSettings,
 }
 
@@ -71,12 +113,15 @@ impl KafkaSource {
     pub async fn connect(
         events: &EventsSettings,
         metrics: Arc<EventMetrics>,
+        instance: Option<&str>,
     ) -> anyhow::Result<Self> {
         let settings = &events.kafka;
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &settings.brokers)
             .set("group.id", &settings.group_id)
+            // The broker names members after it (tansu: "thalamus-<uuid>"): logs say who.
+            .set("client.id", "thalamus")
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .set(
@@ -87,6 +132,11 @@ impl KafkaSource {
             .set("enable.partition.eof", "false")
             // After a broker restart a topic may come back later: look for it every 10 s.
             .set("topic.metadata.refresh.interval.ms", "10000");
+        if let Some(instance) = instance {
+            // Static membership (KIP-345): a stopped consumer never sends LeaveGroup, and
+            // one restarted under the same id takes its place without a rebalance.
+            config.set("group.instance.id", instance);
+        }
         if settings.create_topics {
             let admin: AdminClient<_> =
                 config.create().context("creating the Kafka admin client")?;
@@ -111,17 +161,63 @@ impl KafkaSource {
                 }
             }
         }
+        let (membership, watching) = watch::channel(Membership::Joining);
         let consumer: StreamConsumer<LagContext> = config
-            .create_with_context(LagContext(metrics))
+            .create_with_context(LagContext {
+                metrics,
+                membership,
+            })
             .context("creating the Kafka consumer")?;
+        let consumer = Self {
+            consumer,
+            membership: watching,
+            aliases: events.clone(),
+        };
         let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
         consumer
+            .consumer
             .subscribe(&topics)
             .context("subscribing to Kafka topics")?;
-        Ok(Self {
-            consumer,
-            aliases: events.clone(),
-        })
+        Ok(consumer)
+    }
+
+    /// Logs a rebalance that has not completed within `bound`, and when it completes at last;
+    /// never returns. A broker whose rebalance never completes needs an operator: see the
+    /// README, Events.
+    async fn watch_rebalances(&self, group: &str, bound: Duration) {
+        let mut membership = self.membership.clone();
+        let assigned = |m: &Membership| matches!(m, Membership::Assigned(_));
+        loop {
+            if membership
+                .wait_for(|m| *m == Membership::Joining)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            let started = Instant::now();
+            match tokio::time::timeout(bound, membership.wait_for(assigned)).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) => break,
+                Err(_) => {}
+            }
+            warn!(
+                group,
+                "Kafka: no rebalance of the group completed in {bound:?}, so nothing is consumed; \
+                 the broker may be waiting for a member that is gone (tansu 0.6 waits forever \
+                 after the leader of a rebalance left the group: restart the broker)"
+            );
+            if membership.wait_for(assigned).await.is_err() {
+                break;
+            }
+            info!(
+                group,
+                "Kafka: the group's rebalance completed after {:?}",
+                started.elapsed()
+            );
+        }
+        // The context (the sender) lives as long as the consumer: not reached.
+        std::future::pending::<()>().await
     }
 
     /// Waits for the next message.
@@ -239,7 +335,7 @@ pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: Cancell
         .without_max_times()
         .build();
     let source = loop {
-        match KafkaSource::connect(&events, engine.event_metrics()).await {
+        match KafkaSource::connect(&events, engine.event_metrics(), Some(engine.holder())).await {
             Ok(s) => break s,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(60));
@@ -252,5 +348,10 @@ pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: Cancell
         }
     };
     info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?settings.topics, "consuming Kafka");
-    source.consume(&engine, events.max_batch, &shutdown).await;
+    // Ten session timeouts: a broker expires a vanished member within one.
+    let bound = Duration::from_millis(u64::from(settings.session_timeout_ms) * 10);
+    tokio::select! {
+        _ = source.consume(&engine, events.max_batch, &shutdown) => {}
+        _ = source.watch_rebalances(&settings.group_id, bound) => {}
+    }
 }

@@ -6,6 +6,7 @@ pub mod archive;
 pub mod brokers;
 pub mod controller;
 pub mod gate;
+pub mod kafka_proxy;
 pub mod logs;
 pub mod proxy;
 pub mod rng;
