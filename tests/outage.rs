@@ -87,7 +87,7 @@ async fn a_restart_takes_its_predecessors_leases_over_after_one_heartbeat() {
     // The old process claims p, then dies (SIGKILL: no release, no leaving).
     let claimed = h
         .store()
-        .claim_due("Parent", T0, T0, 10, "host-1", T0 + 600_000, &[])
+        .claim_due("Parent", T0, T0, 10, "host-1", T0 + 600_000)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 1);

@@ -420,19 +420,19 @@ async fn leases_keep_claims_exclusive_until_expiry(backend: Backend) {
     h.models().upsert("p", &Parent { value: 1 }).await.unwrap();
     let store = h.store();
     let a = store
-        .claim_due("Parent", T0, T0, 10, "a", T0 + 60_000, &[])
+        .claim_due("Parent", T0, T0, 10, "a", T0 + 60_000)
         .await
         .unwrap();
     assert_eq!(a.len(), 1);
     assert!(store
-        .claim_due("Parent", T0, T0 + 59_999, 10, "b", T0 + 120_000, &[])
+        .claim_due("Parent", T0, T0 + 59_999, 10, "b", T0 + 120_000)
         .await
         .unwrap()
         .is_empty());
     // After the holder vanished and its lease expired, another may take it.
     assert_eq!(
         store
-            .claim_due("Parent", T0, T0 + 60_001, 10, "b", T0 + 120_000, &[])
+            .claim_due("Parent", T0, T0 + 60_001, 10, "b", T0 + 120_000)
             .await
             .unwrap()
             .len(),

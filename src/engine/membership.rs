@@ -45,6 +45,20 @@ impl Engine {
                 .await
                 .context("registering this process among the replicas")?;
             let Some(other) = other else {
+                // No other live process uses this id: what it leases was left by a
+                // predecessor that died (a crash, SIGKILL). Take it over at once.
+                let left = self
+                    .store
+                    .timed(self.store.release_holder_leases(self.holder()))
+                    .await
+                    .context("taking over the leases of an earlier process")?;
+                if left > 0 {
+                    info!(
+                        holder = self.holder(),
+                        leases = left,
+                        "took over the leases an earlier process under this id left behind"
+                    );
+                }
                 return Ok(Some(Seat { instance }));
             };
             if !warned {

@@ -89,7 +89,7 @@ impl Engine {
                 None => (Vec::new(), 0),
             };
             let (rows, lease_until) = if rows.is_empty() {
-                self.claim_round(due_by, &[])
+                self.claim_round(due_by)
                     .await
                     .context("claiming due objects")?
             } else {
@@ -98,13 +98,10 @@ impl Engine {
             if rows.is_empty() {
                 break;
             }
-            // The next page never takes an object of this round, whose lease may run out
-            // (and be extended) while it runs.
-            let running: Vec<i64> = rows.iter().map(|r| r.id).collect();
-            let (round, next) = tokio::join!(
-                self.run_round(rows, lease_until),
-                self.claim_round(due_by, &running)
-            );
+            // The next page never takes an object of this round: a claim skips whatever its
+            // holder already leases, even once the lease has run out.
+            let (round, next) =
+                tokio::join!(self.run_round(rows, lease_until), self.claim_round(due_by));
             match (round, next) {
                 (Ok(round), Ok(next)) => {
                     report += round;
@@ -193,11 +190,7 @@ impl Engine {
 
     /// Claims up to a page of due objects, kinds in sync order so parents come with children;
     /// returns them and until when they are leased.
-    async fn claim_round(
-        &self,
-        due_by: i64,
-        exclude: &[i64],
-    ) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
+    async fn claim_round(&self, due_by: i64) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
         let now = self.clock.now_ms();
         let lease_until = now.saturating_add(self.settings.sync.lease_ms());
         let page = self.settings.sync.page_size;
@@ -207,9 +200,9 @@ impl Engine {
             if left == 0 {
                 break;
             }
-            let claim =
-                self.store
-                    .claim_due(kind, due_by, now, left, self.holder(), lease_until, exclude);
+            let claim = self
+                .store
+                .claim_due(kind, due_by, now, left, self.holder(), lease_until);
             rows.extend(self.store.timed(claim).await?);
         }
         Ok((rows, lease_until))

@@ -20,13 +20,13 @@ const DIRTY: &str = "(enacted < generation OR deleted_at IS NOT NULL)";
 
 impl Store {
     /// Claims up to `limit` dirty objects of `kind` due by `due_by` and not leased as of `now`,
-    /// leasing them to `holder` until `lease_until`; an expired lease is taken over, and so is
-    /// one `holder` itself left (one live process per holder id: see `replicas.rs`). Leases
+    /// leasing them to `holder` until `lease_until`; an expired lease is taken over. Leases
     /// are rows in `leases` on PostgreSQL, where concurrent claimers never both get an object
     /// (the second insert of a lease waits for the first to commit, then finds it live), and
-    /// in memory on SQLite (`leases.rs`). Objects in `exclude` (the claimer's running round)
-    /// are never claimed, even if their lease has run out meanwhile.
-    #[allow(clippy::too_many_arguments)]
+    /// in memory on SQLite (`leases.rs`). An object `holder` already leases is never claimed
+    /// again, even once its lease has run out: it belongs to one of the holder's rounds (which
+    /// extend their leases as they go), or was left by a failed pass or a dead predecessor,
+    /// which give theirs back first (`release_holder_leases`).
     pub async fn claim_due(
         &self,
         kind: &str,
@@ -35,7 +35,6 @@ impl Store {
         limit: usize,
         holder: &str,
         lease_until: i64,
-        exclude: &[i64],
     ) -> Result<Vec<Claimed>> {
         let due =
             format!("SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND next_attempt_at <= $2");
@@ -45,12 +44,11 @@ impl Store {
                 let cols = OBJECT_COLUMNS.replace(", ", ", o.");
                 let sql = format!(
                     "WITH due AS ({due} AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
-                       AND l.until >= $3 AND l.holder <> $5) AND NOT (objects.id{}) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
+                       AND (l.until >= $3 OR l.holder = $5)) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
                      got AS (INSERT INTO leases (id, holder, until) SELECT id, $5, $6 FROM due \
                        ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
-                       WHERE leases.until < $3 OR leases.holder = $5 RETURNING id) \
-                     SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id",
-                    self.in_ids(7)
+                       WHERE leases.until < $3 AND leases.holder <> $5 RETURNING id) \
+                     SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id"
                 );
                 sqlx::query_as(&sql)
                     .bind(kind)
@@ -59,7 +57,6 @@ impl Store {
                     .bind(limit)
                     .bind(holder)
                     .bind(lease_until)
-                    .bind(self.id_param(exclude.iter().copied()))
                     .fetch_all(pool)
                     .await?
             }
@@ -70,12 +67,7 @@ impl Store {
                     "SELECT json_group_array(json_array({})) FROM objects WHERE id IN \
                      ({due} AND id NOT IN (SELECT value FROM json_each($3)) ORDER BY next_attempt_at LIMIT $4)",
                     super::objects::object_json_columns());
-                let live = self.id_param(
-                    self.mem_leases
-                        .live_for_others(now, holder)
-                        .into_iter()
-                        .chain(exclude.iter().copied()),
-                );
+                let live = self.id_param(self.mem_leases.unavailable(now, holder));
                 let text: String = sqlx::query_scalar(&sql)
                     .bind(kind)
                     .bind(due_by)

@@ -39,23 +39,24 @@ impl MemLeases {
             .collect()
     }
 
-    /// Ids under a lease of another holder than `holder` that has not expired as of `now`.
-    pub fn live_for_others(&self, now: i64, holder: &str) -> Vec<i64> {
+    /// Ids `holder` may not claim as of `now`: leased by anyone until now or later, or by
+    /// `holder` itself however long ago.
+    pub fn unavailable(&self, now: i64, holder: &str) -> Vec<i64> {
         let held = self.held();
         held.iter()
-            .filter(|(_, (h, until))| *until >= now && &**h != holder)
+            .filter(|(_, (h, until))| *until >= now || &**h == holder)
             .map(|(id, _)| *id)
             .collect()
     }
 
-    /// Leases each free (or expired as of `now`, or already `holder`'s) id to `holder` until
+    /// Leases each free (or expired as of `now`, and not `holder`'s own) id to `holder` until
     /// `until`; returns whether each was taken.
     pub fn take(&self, ids: &[i64], holder: &str, until: i64, now: i64) -> Vec<bool> {
         let holder: Arc<str> = Arc::from(holder);
         let mut held = self.held();
         ids.iter()
             .map(|id| match held.get(id) {
-                Some((h, live)) if *live >= now && *h != holder => false,
+                Some((h, live)) if *live >= now || *h == holder => false,
                 _ => {
                     held.insert(*id, (holder.clone(), until));
                     true
