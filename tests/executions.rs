@@ -4,9 +4,15 @@
 mod common;
 
 use common::{Backend, TestDb};
-use thalamus::store::NewExecution;
+use thalamus::store::{NewExecution, Outcome};
 
-fn attempt(kind: &str, key: &str, cause: &str, outcome: &str, error: Option<&str>) -> NewExecution {
+fn attempt(
+    kind: &str,
+    key: &str,
+    cause: &str,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> NewExecution {
     NewExecution {
         kind: kind.into(),
         key: key.into(),
@@ -16,7 +22,7 @@ fn attempt(kind: &str, key: &str, cause: &str, outcome: &str, error: Option<&str
         holder: "h".into(),
         started_at: 1_000 + key.len() as i64,
         duration_ms: 7,
-        outcome: outcome.into(),
+        outcome,
         error: error.map(str::to_string),
     }
 }
@@ -27,18 +33,24 @@ async fn every_column_round_trips(backend: Backend) {
     let batches = [
         // All columns but the key shared.
         vec![
-            attempt("Parent", "a", "new generation", "ok", None),
-            attempt("Parent", "b", "new generation", "ok", None),
+            attempt("Parent", "a", "new generation", Outcome::Ok, None),
+            attempt("Parent", "b", "new generation", Outcome::Ok, None),
         ],
         // Every column differs somewhere.
         vec![
-            attempt("Parent", "cc", "retry after backoff", "error", Some("boom")),
-            attempt("Child", "d", "new generation", "ok", None),
+            attempt(
+                "Parent",
+                "cc",
+                "retry after backoff",
+                Outcome::Error,
+                Some("boom"),
+            ),
+            attempt("Child", "d", "new generation", Outcome::Ok, None),
             attempt(
                 "Child",
                 "eee",
                 "deferred recheck",
-                "deferred",
+                Outcome::Deferred,
                 Some("later"),
             ),
         ],
@@ -47,7 +59,7 @@ async fn every_column_round_trips(backend: Backend) {
             "Child",
             "f",
             "operator retry",
-            "permanent",
+            Outcome::Permanent,
             Some("no"),
         )],
     ];
@@ -66,7 +78,7 @@ async fn every_column_round_trips(backend: Backend) {
                 &got.holder,
                 got.started_at,
                 got.duration_ms,
-                &got.outcome,
+                got.outcome.as_str(),
                 &got.error
             ),
             (
@@ -76,7 +88,7 @@ async fn every_column_round_trips(backend: Backend) {
                 &want.holder,
                 want.started_at,
                 want.duration_ms,
-                &want.outcome,
+                want.outcome.code(),
                 &want.error
             ),
             "{} {}",

@@ -6,7 +6,7 @@ use tracing::{debug, warn};
 
 use super::Engine;
 use crate::step::{Event, EventOutcome};
-use crate::store::NewExecution;
+use crate::store::{NewExecution, Outcome};
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,15 +92,15 @@ impl Engine {
                         Ok(EventOutcome::Applied(what)) => {
                             debug!(step = step.name(), topic = %topic, "applied: {what}");
                             tally.applied.push(what);
-                            ("ok", None)
+                            (Outcome::Ok, None)
                         }
                         Ok(EventOutcome::Unchanged(what)) => {
                             tally.unchanged.push(what);
-                            ("unchanged", None)
+                            (Outcome::Unchanged, None)
                         }
                         Err(reason) => {
                             tally.rejected.push(format!("{}: {reason}", step.name()));
-                            ("rejected", Some(reason))
+                            (Outcome::Rejected, Some(reason))
                         }
                     };
                     executions.push(NewExecution {
@@ -112,7 +112,7 @@ impl Engine {
                         holder: self.holder().to_string(),
                         started_at: started,
                         duration_ms,
-                        outcome: outcome.into(),
+                        outcome,
                         error,
                     });
                 }

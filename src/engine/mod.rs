@@ -4,6 +4,7 @@
 //! repeats them until shutdown.
 
 mod backoff;
+mod controller;
 mod event;
 mod health;
 mod membership;
@@ -11,8 +12,8 @@ mod outcome;
 mod policy;
 mod pull;
 mod pull_health;
-mod run;
-mod runner;
+mod report;
+mod round;
 mod sync;
 
 use std::sync::atomic::AtomicBool;
@@ -27,7 +28,7 @@ pub use health::StoreHealth;
 pub use membership::Seat;
 pub use policy::PolicyReport;
 pub use pull::PullSummary;
-pub use sync::SyncReport;
+pub use report::SyncReport;
 
 use crate::bus::EventMetrics;
 use crate::clock::Clock;

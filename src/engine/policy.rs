@@ -10,7 +10,7 @@ use tracing::warn;
 
 use super::Engine;
 use crate::step::PolicyEvent;
-use crate::store::NewExecution;
+use crate::store::{NewExecution, Outcome};
 
 /// What one policy pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,7 +78,11 @@ impl Engine {
                         holder: self.holder().to_string(),
                         started_at: started,
                         duration_ms: (self.clock.now_ms() - started).max(0),
-                        outcome: if error.is_none() { "ok" } else { "error" }.to_string(),
+                        outcome: if error.is_none() {
+                            Outcome::Ok
+                        } else {
+                            Outcome::Error
+                        },
                         error,
                     });
                 }

@@ -12,7 +12,7 @@ use tracing::{debug, info, warn};
 use super::pull_health::Transition;
 use super::Engine;
 use crate::step::{PullReport, PullStep};
-use crate::store::NewExecution;
+use crate::store::{NewExecution, Outcome};
 
 /// What one round of polls did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -75,7 +75,7 @@ impl Engine {
                     updated = r.updated,
                     "pulled"
                 );
-                ("ok", None)
+                (Outcome::Ok, None)
             }
             Err(e) => {
                 let message = format!("{e:#}");
@@ -86,7 +86,7 @@ impl Engine {
                          changes or the source recovers): {message}"
                     );
                 }
-                ("error", Some(message))
+                (Outcome::Error, Some(message))
             }
         };
         let execution = NewExecution {
@@ -98,7 +98,7 @@ impl Engine {
             holder: self.holder().to_string(),
             started_at: started,
             duration_ms: (self.clock.now_ms() - started).max(0),
-            outcome: outcome.into(),
+            outcome,
             error: error.clone(),
         };
         if let Err(e) = self.store.record(&[execution]).await {

@@ -2,53 +2,15 @@
 //! their steps concurrently where dependencies allow, and settle outcomes in batches.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::AddAssign;
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
 use tracing::{debug, info};
 
-use super::runner::{Job, Node, Round};
+use super::report::SyncReport;
+use super::round::{Job, Node, Round};
 use super::Engine;
 use crate::store::{DependencyState, ObjectRow, OutcomeRecord, Settled};
-
-/// What one sync pass did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    pub synced: usize,
-    pub deferred: usize,
-    pub failed: usize,
-    pub permanent: usize,
-    pub waiting: usize,
-    pub reaped: usize,
-    /// Claimed but given back unrun (shutdown, or changed since it was claimed ahead).
-    pub released: usize,
-    /// Dropped because another holder took the lease over (this process stalled past it).
-    pub lost: usize,
-    /// Ran, but an event changed the status meanwhile: due again at once, not recorded.
-    pub rerun: usize,
-}
-
-impl SyncReport {
-    /// Steps that ran (or objects reaped): the measure of progress.
-    pub fn attempted(&self) -> usize {
-        self.synced + self.deferred + self.failed + self.permanent + self.reaped
-    }
-}
-
-impl AddAssign for SyncReport {
-    fn add_assign(&mut self, o: Self) {
-        self.synced += o.synced;
-        self.deferred += o.deferred;
-        self.failed += o.failed;
-        self.permanent += o.permanent;
-        self.waiting += o.waiting;
-        self.reaped += o.reaped;
-        self.released += o.released;
-        self.lost += o.lost;
-        self.rerun += o.rerun;
-    }
-}
 
 impl Engine {
     /// Runs every object that is dirty and due as of the start of the pass, in rounds of at

@@ -4,6 +4,47 @@ use serde::Serialize;
 
 use super::{with_pool, Result, Store};
 
+/// How an attempt ended, as the audit trail records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Did what it was asked (synced, deleted, applied, polled, handled).
+    Ok,
+    /// Work under way elsewhere; looked at again later, not a failure.
+    Deferred,
+    /// Failed in a way a retry may fix.
+    Error,
+    /// Failed in a way only a new spec or an operator can fix.
+    Permanent,
+    /// The step panicked (counted as an error).
+    Panic,
+    /// The step ran past `sync.step_timeout_seconds` and was cancelled.
+    Timeout,
+    /// Its result was not recorded: an event changed the status while it ran.
+    Superseded,
+    /// A message changed nothing (a duplicate or stale one).
+    Unchanged,
+    /// A message no step could use (a dead letter).
+    Rejected,
+}
+
+impl Outcome {
+    /// The word stored in `executions.outcome`.
+    pub const fn code(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Deferred => "deferred",
+            Outcome::Error => "error",
+            Outcome::Permanent => "permanent",
+            Outcome::Panic => "panic",
+            Outcome::Timeout => "timeout",
+            Outcome::Superseded => "superseded",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Rejected => "rejected",
+        }
+    }
+}
+
 /// An attempt to record.
 #[derive(Debug, Clone)]
 pub struct NewExecution {
@@ -17,8 +58,7 @@ pub struct NewExecution {
     pub holder: String,
     pub started_at: i64,
     pub duration_ms: i64,
-    /// `ok`, `deferred`, `error`, `permanent`, `panic`, `timeout`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub error: Option<String>,
 }
 
@@ -66,7 +106,7 @@ const COLUMNS: [fn(&NewExecution) -> Val<'_>; 10] = [
     |e| Val::Text(&e.holder),
     |e| Val::Int(e.started_at),
     |e| Val::Int(e.duration_ms),
-    |e| Val::Text(&e.outcome),
+    |e| Val::Text(e.outcome.code()),
     |e| Val::Maybe(e.error.as_deref()),
 ];
 
@@ -145,7 +185,7 @@ impl InsertExecutions for sqlx::PgConnection {
             .bind(text(|e| &e.holder))
             .bind(int(|e| e.started_at))
             .bind(int(|e| e.duration_ms))
-            .bind(text(|e| &e.outcome))
+            .bind(rows.iter().map(|e| e.outcome.code()).collect::<Vec<_>>())
             .bind(rows.iter().map(|e| e.error.as_deref()).collect::<Vec<_>>())
             .execute(self)
             .await?;

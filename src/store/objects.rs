@@ -30,12 +30,14 @@ pub struct ObjectRow {
     pub updated_at: i64,
     pub deleted_at: Option<i64>,
     pub need_delete: bool,
+    /// Why it is due ([`super::Reason`]'s code).
+    pub reason: String,
 }
 
 /// The column list matching [`ObjectRow`].
 pub(crate) const OBJECT_COLUMNS: &str = "id, kind, key, spec, status, generation, enacted, \
     revision, policed, backend_code, backend_status, attempts, next_attempt_at, waiting_on, \
-    last_error, last_success_at, created_at, updated_at, deleted_at, need_delete";
+    last_error, last_success_at, created_at, updated_at, deleted_at, need_delete, reason";
 
 /// [`OBJECT_COLUMNS`] as SQLite JSON values, for `json_array(…)`: the row decodes from the
 /// array by position (`need_delete` is stored as 0/1 and must read as a JSON boolean).
@@ -173,7 +175,7 @@ impl Store {
                             let generation: Option<i64> = sqlx::query_scalar(
                                 "UPDATE objects SET spec = $1, generation = generation + 1, \
                                  revision = revision + 1, next_attempt_at = $2, attempts = 0, \
-                                 backend_code = 0, backend_status = 'spec changed', waiting_on = NULL, \
+                                 backend_code = 0, backend_status = 'spec changed', reason = 'spec_changed', waiting_on = NULL, \
                                  deleted_at = NULL, updated_at = $2 \
                                  WHERE id = $3 AND (spec <> $1 OR deleted_at IS NOT NULL) RETURNING generation")
                                 .bind(spec).bind(now).bind(id)
@@ -235,7 +237,7 @@ impl Store {
             while let Some((k, name)) = frontier.pop() {
                 let done = sqlx::query(
                     "UPDATE objects SET deleted_at = $1, next_attempt_at = $1, revision = revision + 1, \
-                     attempts = 0, backend_code = 0, backend_status = 'deletion requested', \
+                     attempts = 0, backend_code = 0, backend_status = 'deletion requested', reason = 'deletion', \
                      waiting_on = NULL, updated_at = $1 \
                      WHERE kind = $2 AND key = $3 AND deleted_at IS NULL")
                     .bind(now).bind(&k).bind(&name).execute(&mut *tx).await?;
@@ -265,7 +267,7 @@ impl Store {
     pub async fn resync(&self, kind: &str, key: &str, now: i64) -> Result<bool> {
         with_pool!(&self.db, pool => {
             let done = sqlx::query(
-                "UPDATE objects SET next_attempt_at = $1 WHERE kind = $2 AND key = $3 \
+                "UPDATE objects SET next_attempt_at = $1, reason = 'event' WHERE kind = $2 AND key = $3 \
                  AND (enacted < generation OR deleted_at IS NOT NULL) AND backend_code <> 2 \
                  AND (next_attempt_at IS NULL OR next_attempt_at > $1)")
                 .bind(now).bind(kind).bind(key).execute(pool).await?;
@@ -278,7 +280,7 @@ impl Store {
         with_pool!(&self.db, pool => {
             let done = sqlx::query(
                 "UPDATE objects SET attempts = 0, next_attempt_at = $1, backend_code = 0, \
-                 backend_status = 'retry requested by operator', waiting_on = NULL, updated_at = $1 \
+                 backend_status = 'retry requested by operator', reason = 'operator_retry', waiting_on = NULL, updated_at = $1 \
                  WHERE kind = $2 AND key = $3 AND (enacted < generation OR deleted_at IS NOT NULL)")
                 .bind(now).bind(kind).bind(key).execute(pool).await?;
             if done.rows_affected() > 0 {

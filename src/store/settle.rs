@@ -3,14 +3,15 @@
 //! that nothing that happened while its step ran is lost (a status an event wrote, a new
 //! spec, a deletion).
 
-use super::executions::{InsertExecutions as _, NewExecution};
+use super::executions::{InsertExecutions as _, NewExecution, Outcome};
+use super::statement::{Param, Statement};
 use super::{with_pool, BeginWrite, Db, Result, Store};
 
 /// How one attempt ended, as the store records it.
 #[derive(Debug, Clone)]
 pub enum Settled {
-    /// The step converged the world to this generation.
-    Synced { message: String },
+    /// The step converged the world to the attempt's generation.
+    Synced,
     /// Still in progress; look again at `until` without counting a failure.
     Deferred { until: i64, message: String },
     /// Failed; retry at `until` (persisted backoff), having failed `attempts` times in a row.
@@ -27,37 +28,6 @@ pub enum Settled {
     Reaped,
     /// Not run (shutdown, or changed since it was claimed ahead): give the lease back untouched.
     Released,
-}
-
-impl Settled {
-    /// The outcome's name in the settle statement.
-    fn code(&self) -> &'static str {
-        match self {
-            Settled::Synced { .. } => "synced",
-            Settled::Deferred { .. } => "deferred",
-            Settled::Failed { .. } => "failed",
-            Settled::Permanent { .. } => "permanent",
-            Settled::Waiting { .. } => "waiting",
-            Settled::Reaped => "reaped",
-            Settled::Released => "released",
-        }
-    }
-
-    /// (message, until, attempts) as bound in the settle statement.
-    fn params(&self) -> (&str, i64, i32) {
-        match self {
-            Settled::Synced { message } => (message, 0, 0),
-            Settled::Deferred { until, message } => (message, *until, 0),
-            Settled::Failed {
-                attempts,
-                until,
-                error,
-            } => (error, *until, *attempts),
-            Settled::Permanent { error } => (error, 0, 0),
-            Settled::Waiting { on, until } => (on, *until, 0),
-            Settled::Reaped | Settled::Released => ("", 0, 0),
-        }
-    }
 }
 
 /// One settled object plus its audit row.
@@ -93,42 +63,118 @@ pub struct Settlement {
     pub rerun: Vec<i64>,
 }
 
-/// Whether the object changed so that the attempt's outcome no longer decides what happens
-/// next: a new generation, or a deletion that arrived while a sync ran. Its status write and
-/// audit row still land; its scheduling and error state are left to the change.
-const SUPERSEDED: &str = "(generation > $5 OR (deleted_at IS NOT NULL AND $9))";
-
-/// The one statement that writes an outcome; `$11` names it. Parameters: $1 id, $2 now,
-/// $3 status read, $4 status written, $5 generation, $6 message, $7 until, $8 attempts,
-/// $9 sync job, $10 revision at the start, $11 outcome. Status is compare-and-set: if an
-/// event rewrote it meanwhile, nothing is written (see [`Settlement::rerun`]).
-fn outcome_sql() -> String {
-    let sup = SUPERSEDED;
-    format!(
-        "UPDATE objects SET status = COALESCE($4, status), \
-         revision = revision + CASE WHEN $4 IS NULL THEN 0 ELSE 1 END, updated_at = $2, \
-         enacted = CASE WHEN $11 = 'synced' AND $5 > enacted THEN $5 ELSE enacted END, \
-         backend_code = CASE WHEN {sup} THEN backend_code WHEN $11 = 'synced' THEN 1 \
-           WHEN $11 = 'deferred' THEN 0 WHEN $11 IN ('failed', 'permanent') THEN 2 ELSE backend_code END, \
-         backend_status = CASE WHEN {sup} THEN backend_status ELSE $6 END, \
-         last_error = CASE WHEN $11 IN ('failed', 'permanent') THEN $6 WHEN {sup} THEN last_error \
-           WHEN $11 = 'synced' THEN NULL ELSE last_error END, \
-         waiting_on = CASE WHEN {sup} THEN waiting_on WHEN $11 = 'waiting' THEN $6 ELSE NULL END, \
-         attempts = CASE WHEN {sup} THEN attempts WHEN $11 = 'synced' THEN 0 \
-           WHEN $11 = 'failed' THEN $8 ELSE attempts END, \
-         last_success_at = CASE WHEN $11 = 'synced' THEN $2 ELSE last_success_at END, \
-         need_delete = CASE WHEN $11 = 'waiting' THEN need_delete ELSE TRUE END, \
-         next_attempt_at = CASE WHEN {sup} THEN COALESCE(next_attempt_at, $2) \
-           WHEN $11 IN ('synced', 'permanent') THEN NULL \
-           WHEN $11 = 'deferred' AND revision <> $10 THEN $2 ELSE $7 END \
-         WHERE id = $1 AND ($3 IS NULL OR status = $3)"
-    )
+/// Writes one outcome (none for a lease given back or a reaped object, which have their own
+/// statements). Status is compare-and-set: if an event rewrote it while the step ran, the
+/// statement changes no row (see [`Settlement::rerun`]). An object changed meanwhile so that
+/// the outcome no longer decides what happens next (a new generation; a deletion that came
+/// while a sync ran) keeps its own schedule and error state; its status write still lands.
+fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
+    let mut st = Statement::default();
+    let id = st.param(Param::Int(r.id));
+    let now = st.param(Param::Int(now));
+    let generation = st.param(Param::Int(r.generation));
+    let sup = if r.sync_job {
+        format!("(generation > {generation} OR deleted_at IS NOT NULL)")
+    } else {
+        format!("(generation > {generation})")
+    };
+    let keep = |column: &str, otherwise: &str| {
+        format!("{column} = CASE WHEN {sup} THEN {column} ELSE {otherwise} END")
+    };
+    let reschedule = |otherwise: &str| {
+        format!("next_attempt_at = CASE WHEN {sup} THEN COALESCE(next_attempt_at, {now}) ELSE {otherwise} END")
+    };
+    let mut set = vec![format!("updated_at = {now}")];
+    match &r.settled {
+        Settled::Released | Settled::Reaped => return None,
+        Settled::Synced => {
+            let message = st.param(Param::Text(synced_message(r.generation).into()));
+            set.extend([
+                format!(
+                    "enacted = CASE WHEN {generation} > enacted THEN {generation} ELSE enacted END"
+                ),
+                keep("backend_code", "1"),
+                keep("backend_status", &message),
+                keep("attempts", "0"),
+                keep("waiting_on", "NULL"),
+                keep("last_error", "NULL"),
+                format!("last_success_at = {now}"),
+                "need_delete = TRUE".into(),
+                reschedule("NULL"),
+            ]);
+        }
+        Settled::Deferred { until, message } => {
+            let message = st.param(Param::Text(message.into()));
+            let until = st.param(Param::Int(*until));
+            let revision = st.param(Param::Int(r.revision));
+            set.extend([
+                keep("backend_code", "0"),
+                keep("backend_status", &message),
+                keep("waiting_on", "NULL"),
+                keep("reason", "'recheck'"),
+                "need_delete = TRUE".into(),
+                // An event that changed the object meanwhile asked for a look now.
+                reschedule(&format!(
+                    "CASE WHEN revision <> {revision} THEN {now} ELSE {until} END"
+                )),
+            ]);
+        }
+        Settled::Failed {
+            attempts,
+            until,
+            error,
+        } => {
+            let error = st.param(Param::Text(error.into()));
+            let attempts = st.param(Param::Int(i64::from(*attempts)));
+            let until = st.param(Param::Int(*until));
+            set.extend([
+                keep("backend_code", "2"),
+                keep("backend_status", &error),
+                format!("last_error = {error}"),
+                keep("waiting_on", "NULL"),
+                keep("attempts", &attempts),
+                keep("reason", "'retry'"),
+                "need_delete = TRUE".into(),
+                reschedule(&until),
+            ]);
+        }
+        Settled::Permanent { error } => {
+            let error = st.param(Param::Text(error.into()));
+            set.extend([
+                keep("backend_code", "2"),
+                keep("backend_status", &error),
+                format!("last_error = {error}"),
+                keep("waiting_on", "NULL"),
+                "need_delete = TRUE".into(),
+                reschedule("NULL"),
+            ]);
+        }
+        Settled::Waiting { on, until } => {
+            let on = st.param(Param::Text(on.into()));
+            let until = st.param(Param::Int(*until));
+            set.extend([
+                keep("backend_status", &on),
+                keep("waiting_on", &on),
+                keep("reason", "'waiting'"),
+                reschedule(&until),
+            ]);
+        }
+    }
+    let mut filter = format!("id = {id}");
+    if let Some((read, written)) = &r.status {
+        let read = st.param(Param::Text(read.into()));
+        let written = st.param(Param::Text(written.into()));
+        set.push(format!("status = {written}, revision = revision + 1"));
+        filter.push_str(&format!(" AND status = {read}"));
+    }
+    st.sql = format!("UPDATE objects SET {} WHERE {filter}", set.join(", "));
+    Some(st)
 }
 
 /// An outcome whose status write lost to an event: due again now, nothing else changed.
 const RERUN_SQL: &str = "UPDATE objects SET need_delete = TRUE, updated_at = $2, \
-    next_attempt_at = CASE WHEN next_attempt_at IS NULL OR next_attempt_at > $2 THEN $2 \
-    ELSE next_attempt_at END WHERE id = $1";
+    reason = 'status_changed', next_attempt_at = CASE WHEN next_attempt_at IS NULL \
+    OR next_attempt_at > $2 THEN $2 ELSE next_attempt_at END WHERE id = $1";
 
 /// Wakes deleting parents that were waiting for a dependent (`$2`) to go.
 const WAKE_PARENTS_SQL: &str =
@@ -136,42 +182,49 @@ const WAKE_PARENTS_SQL: &str =
     AND deleted_at IS NOT NULL AND EXISTS (SELECT 1 FROM links l WHERE l.src_id = $2 \
     AND l.dst_kind = objects.kind AND l.dst_key = objects.key)";
 
-/// Writes one outcome inside an open transaction; evaluates to whether it was applied
-/// (false: its status write lost to an event, and it was made due again instead).
+/// Wakes dependents that were waiting on the object `($2, $3)` (kind, key).
+const WAKE_DEPENDENTS_SQL: &str =
+    "UPDATE objects SET next_attempt_at = $1 WHERE waiting_on IS NOT NULL \
+    AND deleted_at IS NULL AND id IN (SELECT src_id FROM links WHERE dst_kind = $2 AND dst_key = $3)";
+
+/// Writes one outcome inside an open transaction `$tx`; evaluates to whether it was applied
+/// (false: its status write lost to an event, and it was made due again instead). A macro
+/// only because the two backends' transactions are different types.
 macro_rules! settle_one {
-    ($tx:ident, $now:expr, $r:expr, $sql:expr) => {{
+    ($tx:ident, $now:expr, $r:expr) => {{
         let r: &OutcomeRecord = $r;
-        match &r.settled {
-            Settled::Released => true,
-            Settled::Reaped => {
+        match outcome_statement(r, $now) {
+            None if matches!(r.settled, Settled::Reaped) => {
                 sqlx::query(WAKE_PARENTS_SQL)
-                    .bind($now).bind(r.id).execute(&mut *$tx).await?;
+                    .bind($now)
+                    .bind(r.id)
+                    .execute(&mut *$tx)
+                    .await?;
                 // A deletion undone meanwhile (a new spec revived it) keeps the row.
                 sqlx::query("DELETE FROM objects WHERE id = $1 AND deleted_at IS NOT NULL")
-                    .bind(r.id).execute(&mut *$tx).await?;
+                    .bind(r.id)
+                    .execute(&mut *$tx)
+                    .await?;
                 true
             }
-            settled => {
-                let (old_status, new_status) = match &r.status {
-                    Some((old, new)) => (Some(old.as_str()), Some(new.as_str())),
-                    None => (None, None),
-                };
-                let (message, until, attempts) = settled.params();
-                let done = sqlx::query($sql)
-                    .bind(r.id).bind($now).bind(old_status).bind(new_status).bind(r.generation)
-                    .bind(message).bind(until).bind(attempts).bind(r.sync_job).bind(r.revision)
-                    .bind(settled.code())
-                    .execute(&mut *$tx).await?;
-                if done.rows_affected() == 0 && old_status.is_some() {
-                    sqlx::query(RERUN_SQL).bind(r.id).bind($now).execute(&mut *$tx).await?;
+            None => true,
+            Some(statement) => {
+                let done = statement.query().execute(&mut *$tx).await?;
+                if done.rows_affected() == 0 && r.status.is_some() {
+                    sqlx::query(RERUN_SQL)
+                        .bind(r.id)
+                        .bind($now)
+                        .execute(&mut *$tx)
+                        .await?;
                     false
                 } else {
-                    if r.has_dependents && matches!(settled, Settled::Synced { .. }) {
-                        // Wake dependents that were waiting on this object.
-                        sqlx::query(
-                            "UPDATE objects SET next_attempt_at = $1 WHERE waiting_on IS NOT NULL AND deleted_at IS NULL \
-                             AND id IN (SELECT src_id FROM links WHERE dst_kind = $2 AND dst_key = $3)")
-                            .bind($now).bind(&r.kind).bind(&r.key).execute(&mut *$tx).await?;
+                    if r.has_dependents && matches!(r.settled, Settled::Synced) {
+                        sqlx::query(WAKE_DEPENDENTS_SQL)
+                            .bind($now)
+                            .bind(&r.kind)
+                            .bind(&r.key)
+                            .execute(&mut *$tx)
+                            .await?;
                     }
                     true
                 }
@@ -197,7 +250,6 @@ impl Store {
             return Ok(settlement);
         }
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
-        let outcome_sql = outcome_sql();
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             // Which leases are still ours. PostgreSQL deletes them here: the rows stay locked
@@ -224,12 +276,11 @@ impl Store {
             settlement.lost = lost.iter().map(|r| r.id).collect();
             // The common case (a sync converged and left its status alone) is written in bulk:
             // one statement per generation instead of one per object.
-            let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records.iter().partition(|r| {
-                r.status.is_none() && r.sync_job
-                    && matches!(&r.settled, Settled::Synced { message } if is_synced_message(message, r.generation))
-            });
+            let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records
+                .iter()
+                .partition(|r| r.status.is_none() && r.sync_job && matches!(r.settled, Settled::Synced));
             for r in &single {
-                if !settle_one!(tx, now, r, &outcome_sql) {
+                if !settle_one!(tx, now, r) {
                     settlement.rerun.push(r.id);
                 }
             }
@@ -274,10 +325,10 @@ impl Store {
                 .filter(|r| settlement.rerun.contains(&r.id))
                 .filter_map(|r| r.execution.as_ref())
                 .map(|e| NewExecution {
-                    outcome: "superseded".into(),
+                    outcome: Outcome::Superseded,
                     error: Some(format!(
                         "the step ended {} but an event changed the status while it ran: \
-                         not recorded, running again", e.outcome)),
+                         not recorded, running again", e.outcome.code())),
                     ..e.clone()
                 })
                 .collect();
@@ -308,10 +359,86 @@ pub fn synced_message(generation: i64) -> String {
     format!("synced generation {generation}")
 }
 
-/// Whether `message` is [`synced_message`]`(generation)`, without building it.
-fn is_synced_message(message: &str, generation: i64) -> bool {
-    message
-        .strip_prefix("synced generation ")
-        .and_then(|g| g.parse::<i64>().ok())
-        == Some(generation)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(settled: Settled, status: bool, sync_job: bool) -> OutcomeRecord {
+        OutcomeRecord {
+            id: 5,
+            kind: "Ingestion".into(),
+            key: "VLA/x".into(),
+            generation: 2,
+            revision: 9,
+            sync_job,
+            settled,
+            status: status.then(|| ("{}".to_string(), r#"{"request_id":1}"#.to_string())),
+            execution: None,
+            has_dependents: false,
+        }
+    }
+
+    fn every_outcome() -> Vec<Settled> {
+        vec![
+            Settled::Synced,
+            Settled::Deferred {
+                until: 10,
+                message: "request 1 is Executing".into(),
+            },
+            Settled::Failed {
+                attempts: 3,
+                until: 20,
+                error: "503".into(),
+            },
+            Settled::Permanent {
+                error: "400".into(),
+            },
+            Settled::Waiting {
+                on: "waiting on Observation x".into(),
+                until: 30,
+            },
+        ]
+    }
+
+    /// The `$n` placeholders a statement's text uses.
+    fn placeholders(sql: &str) -> std::collections::BTreeSet<usize> {
+        sql.split('$')
+            .skip(1)
+            .filter_map(|rest| {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse().ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_parameter_is_used_and_every_placeholder_bound() {
+        for settled in every_outcome() {
+            for (status, sync_job) in [(false, true), (true, true), (true, false)] {
+                let r = record(settled.clone(), status, sync_job);
+                let st = outcome_statement(&r, 1_000).expect("a statement");
+                let used = placeholders(&st.sql);
+                let bound: std::collections::BTreeSet<usize> = (1..=st.params.len()).collect();
+                assert_eq!(used, bound, "{:?}: {}", r.settled, st.sql);
+            }
+        }
+    }
+
+    #[test]
+    fn a_status_write_is_compare_and_set_and_a_deletion_supersedes_only_a_sync() {
+        let sql = |status, sync_job| {
+            let r = record(Settled::Synced, status, sync_job);
+            outcome_statement(&r, 1).unwrap().sql
+        };
+        assert!(sql(true, true).contains("AND status = $"));
+        assert!(sql(true, true).contains("OR deleted_at IS NOT NULL"));
+        assert!(!sql(false, true).contains("revision = revision + 1"));
+        assert!(!sql(false, false).contains("deleted_at"));
+    }
+
+    #[test]
+    fn released_and_reaped_outcomes_write_no_outcome_statement() {
+        assert!(outcome_statement(&record(Settled::Released, false, true), 1).is_none());
+        assert!(outcome_statement(&record(Settled::Reaped, false, false), 1).is_none());
+    }
 }

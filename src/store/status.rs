@@ -61,10 +61,13 @@ impl Store {
         if keys.is_empty() {
             return Ok(0);
         }
-        let set = "status = j.status, revision = revision + 1, updated_at = $2, \
-                   next_attempt_at = CASE WHEN $4 AND (enacted < generation OR deleted_at IS NOT NULL) \
-                   AND backend_code <> 2 AND (next_attempt_at IS NULL OR next_attempt_at > $2) \
-                   THEN $2 ELSE next_attempt_at END";
+        let resyncs = "$4 AND (enacted < generation OR deleted_at IS NOT NULL) \
+                   AND backend_code <> 2 AND (next_attempt_at IS NULL OR next_attempt_at > $2)";
+        let set = format!(
+            "status = j.status, revision = revision + 1, updated_at = $2, \
+             next_attempt_at = CASE WHEN {resyncs} THEN $2 ELSE next_attempt_at END, \
+             reason = CASE WHEN {resyncs} THEN 'event' ELSE reason END"
+        );
         let done = match &self.db {
             Db::Sqlite(pool) => {
                 let rows: Vec<(&str, &str, Option<i64>)> = keys

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::outcome::{self, cause, Ended, MIN_DELAY_MS};
-use super::sync::SyncReport;
+use super::report::SyncReport;
 use super::Engine;
 use crate::step::{Op, StepContext, StepError, StepResult};
-use crate::store::{NewExecution, ObjectRow, OutcomeRecord, Settled};
+use crate::store::{NewExecution, ObjectRow, Outcome, OutcomeRecord, Settled};
 
 /// An outcome reaches the store at most this long after its step finished (store willing).
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -312,11 +312,15 @@ impl<'e> Round<'e> {
             Err(payload) => (Ended::Panicked(payload), None, now),
         };
         let salt = format!("{}/{}", row.kind, row.key);
-        let (settled, outcome, error) = outcome::settle(ended, &row, deleting, now, |attempts| {
+        let outcome::Classified {
+            settled,
+            outcome,
+            error,
+        } = outcome::classify(ended, &row, deleting, now, |attempts| {
             e.backoff.delay_ms(attempts, &salt)
         });
         match &settled {
-            Settled::Synced { .. } => {
+            Settled::Synced => {
                 self.report.synced += 1;
                 info!(kind = %row.kind, key = %row.key, generation = row.generation, "synced");
             }
@@ -342,7 +346,7 @@ impl<'e> Round<'e> {
             }
             Settled::Waiting { .. } | Settled::Released => {}
         }
-        let converged = matches!(settled, Settled::Synced { .. } | Settled::Reaped);
+        let converged = matches!(settled, Settled::Synced | Settled::Reaped);
         let reason = match &settled {
             Settled::Deferred { message, .. } => Some(format!("in progress: {message}")),
             Settled::Failed { error, .. } | Settled::Permanent { error } => Some(error.clone()),
@@ -357,7 +361,7 @@ impl<'e> Round<'e> {
             holder: e.holder().to_string(),
             started_at: started,
             duration_ms: (now - started).max(0),
-            outcome: outcome.to_string(),
+            outcome,
             error,
         };
         let status = status.map(|new| (row.status.clone(), new));
@@ -383,7 +387,7 @@ impl<'e> Round<'e> {
             holder: e.holder().to_string(),
             started_at: now,
             duration_ms: 0,
-            outcome: "ok".into(),
+            outcome: Outcome::Ok,
             error: None,
         };
         self.report.reaped += 1;
