@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::clock::SystemClock;
+use crate::bus::EventsSettings;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::graph::DepGraph;
@@ -29,7 +30,7 @@ pub fn graph(settings: &Settings, registry: &Registry) -> anyhow::Result<DepGrap
 
 /// Opens the configured store.
 pub async fn store(settings: &Settings, open: Open) -> anyhow::Result<Store> {
-    let url = crate::config::redact_url(&settings.database.url);
+    let url = crate::secret::redact_url(&settings.database.url);
     Store::connect_with_timeout(
         &settings.database.url,
         settings.database.max_connections,
@@ -40,11 +41,69 @@ pub async fn store(settings: &Settings, open: Open) -> anyhow::Result<Store> {
     .with_context(|| format!("opening the database at {url}"))
 }
 
+/// Wires an engine: the shipped steps (or the given ones), `model-deps.json` (or the given
+/// graph), a store and a clock (the system's unless given). `run`, dead-letter replay and the
+/// bench all build their engines here, so all are wired alike.
+pub struct EngineBuilder<'s> {
+    settings: &'s Settings,
+    registry: Option<Registry>,
+    graph: Option<DepGraph>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<'s> EngineBuilder<'s> {
+    /// A builder on `settings`, with the shipped steps, `model_deps` and the system clock.
+    pub fn new(settings: &'s Settings) -> Self {
+        Self {
+            settings,
+            registry: None,
+            graph: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// Runs these steps instead of the shipped ones.
+    pub fn registry(mut self, registry: Registry) -> Self {
+        self.registry = Some(registry);
+        self
+    }
+
+    /// Orders work by this graph instead of `model_deps`.
+    pub fn graph(mut self, graph: DepGraph) -> Self {
+        self.graph = Some(graph);
+        self
+    }
+
+    /// Tells time by this clock.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The engine over `store`.
+    pub fn build(self, store: Store) -> anyhow::Result<Engine> {
+        let registry = match self.registry {
+            Some(r) => r,
+            None => registry(self.settings)?,
+        };
+        let graph = match self.graph {
+            Some(g) => g,
+            None => graph(self.settings, &registry)?,
+        };
+        Ok(Engine::new(
+            store,
+            registry,
+            graph,
+            self.settings.engine(),
+            self.clock,
+        ))
+    }
+}
+
 /// Everything `run` needs, wired together on the system clock.
-pub async fn engine(settings: Settings, migrate: bool) -> anyhow::Result<(Engine, Option<File>)> {
-    let registry = registry(&settings)?;
-    let graph = graph(&settings, &registry)?;
-    let store = store(&settings, Open::Create).await?;
+pub async fn engine(settings: &Settings, migrate: bool) -> anyhow::Result<(Engine, Option<File>)> {
+    let builder = EngineBuilder::new(settings);
+    let store = store(settings, Open::Create).await?;
     if migrate {
         store.migrate().await.context("migrating the schema")?;
     } else {
@@ -55,10 +114,18 @@ pub async fn engine(settings: Settings, migrate: bool) -> anyhow::Result<(Engine
         // The lock proves no other process uses this SQLite file: its leases are stale.
         store.release_all_leases().await?;
     }
-    Ok((
-        Engine::new(store, registry, graph, settings, Arc::new(SystemClock)),
-        lock,
-    ))
+    Ok((builder.build(store)?, lock))
+}
+
+/// Runs `engine` until shutdown with the enabled event transports beside it, delivering into
+/// it: what `thalamus run` does once its bootstrap is done. The transports stop with it.
+pub async fn run_with_transports(engine: &Engine, events: &EventsSettings) -> anyhow::Result<()> {
+    let sink = Arc::new(engine.clone());
+    let shutdown = engine.shutdown_token();
+    let transports = crate::bus::start(sink, engine.holder(), events, &shutdown);
+    let ran = engine.run().await;
+    transports.join_all().await;
+    ran
 }
 
 /// SQLite serves one controller process: hold an exclusive lock on `<db>.lock` while running.

@@ -20,119 +20,30 @@ pub enum ConfigError {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
-    pub database: DatabaseSettings,
+    pub database: crate::store::DatabaseSettings,
     /// Path of the XOS-format dependency file, relative to the working directory.
     pub model_deps: PathBuf,
-    pub sync: SyncSettings,
-    pub policy: PolicySettings,
-    pub pull: PullSettings,
-    pub executions: ExecutionSettings,
-    pub log: LogSettings,
+    pub sync: crate::engine::SyncSettings,
+    pub policy: crate::engine::PolicySettings,
+    pub pull: crate::engine::PullSettings,
+    pub executions: crate::engine::ExecutionSettings,
+    pub log: crate::telemetry::LogSettings,
     pub sources: crate::sources::SourcesSettings,
     pub workspaces: crate::workspaces::WorkspacesSettings,
     pub archive: crate::workspaces::ArchiveSettings,
     pub events: crate::bus::EventsSettings,
 }
 
-/// Where models live: `sqlite://FILE` (embedded default) or `postgres://…` (production).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct DatabaseSettings {
-    pub url: String,
-    pub max_connections: u32,
-    /// How long a connection, or one of the sync loop's calls, may take before it counts
-    /// as failed (a database that stops answering is an outage too).
-    pub timeout_seconds: u64,
-}
-
-/// How the sync loop claims and runs work.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SyncSettings {
-    /// Steps running at once in one process.
-    pub concurrency: usize,
-    /// Dirty objects claimed per round; bounds memory, not the number of models.
-    pub page_size: usize,
-    /// How often `run` looks for due work when nothing wakes it sooner.
-    pub interval_ms: u64,
-    /// A step running longer than this is cancelled and counted as a failure.
-    pub step_timeout_seconds: u64,
-    /// How long a claim is held; must exceed the step timeout.
-    pub lease_seconds: u64,
-    /// Safety-net recheck for objects waiting on a dependency (they are also woken directly).
-    pub wait_recheck_seconds: u64,
-    /// Time running steps get to finish after SIGTERM before they are abandoned.
-    pub shutdown_grace_seconds: u64,
-    /// Identity written into leases and executions; defaults to the host name. One live
-    /// process per id: a restart under the same id takes its predecessor's leases over.
-    pub holder_id: Option<String>,
-    /// How long a process's heartbeat (PostgreSQL) vouches for it: a restart after a crash
-    /// waits at most this long before it takes its predecessor's work over.
-    pub heartbeat_seconds: u64,
-    pub backoff: BackoffSettings,
-}
-
-/// Exponential backoff: `min(max, base · factor^(attempts-1))`, spread by ±jitter.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct BackoffSettings {
-    pub base_seconds: f64,
-    pub factor: f64,
-    pub max_seconds: f64,
-    /// Fraction (0..=1) by which each delay is spread, so failures do not retry in lockstep.
-    pub jitter: f64,
-}
-
-/// How the policy loop pages through changed objects.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PolicySettings {
-    pub page_size: usize,
-}
-
-/// Defaults for pull steps that do not set their own interval.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PullSettings {
-    pub enabled: bool,
-    /// A failing source is polled at its interval, then twice that, and so on up to this.
-    pub max_backoff_seconds: u64,
-}
-
-/// Retention of the executions audit trail.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ExecutionSettings {
-    /// Rows older than this are pruned by `run`; 0 keeps everything.
-    pub retain_days: u64,
-}
-
-/// Log level and format (`text` for people, `json` for collectors).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogSettings {
-    pub level: String,
-    pub format: LogFormat,
-}
-
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            database: DatabaseSettings::default(),
+            database: Default::default(),
             model_deps: PathBuf::from("model-deps.json"),
-            sync: SyncSettings::default(),
-            policy: PolicySettings::default(),
-            pull: PullSettings::default(),
-            executions: ExecutionSettings::default(),
-            log: LogSettings::default(),
+            sync: Default::default(),
+            policy: Default::default(),
+            pull: Default::default(),
+            executions: Default::default(),
+            log: Default::default(),
             sources: crate::sources::SourcesSettings::default(),
             events: crate::bus::EventsSettings::default(),
             workspaces: crate::workspaces::WorkspacesSettings::default(),
@@ -141,99 +52,20 @@ impl Default for Settings {
     }
 }
 
-impl Default for DatabaseSettings {
-    fn default() -> Self {
-        Self {
-            url: "sqlite://thalamus.db".into(),
-            max_connections: 8,
-            timeout_seconds: 30,
-        }
-    }
-}
-
-impl SyncSettings {
-    /// `step_timeout_seconds` in milliseconds (validation keeps it far from overflowing).
-    pub fn step_timeout_ms(&self) -> i64 {
-        i64::try_from(self.step_timeout_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000)
-    }
-
-    /// `lease_seconds` in milliseconds (validation keeps it far from overflowing).
-    pub fn lease_ms(&self) -> i64 {
-        i64::try_from(self.lease_seconds)
-            .unwrap_or(i64::MAX)
-            .saturating_mul(1000)
-    }
-}
-
-impl Default for SyncSettings {
-    fn default() -> Self {
-        Self {
-            concurrency: 16,
-            page_size: 500,
-            interval_ms: 1000,
-            step_timeout_seconds: 300,
-            lease_seconds: 600,
-            wait_recheck_seconds: 60,
-            shutdown_grace_seconds: 30,
-            holder_id: None,
-            heartbeat_seconds: 10,
-            backoff: BackoffSettings::default(),
-        }
-    }
-}
-
-impl Default for BackoffSettings {
-    fn default() -> Self {
-        Self {
-            base_seconds: 10.0,
-            factor: 2.0,
-            max_seconds: 3600.0,
-            jitter: 0.2,
-        }
-    }
-}
-
-impl Default for PolicySettings {
-    fn default() -> Self {
-        Self { page_size: 500 }
-    }
-}
-
-impl Default for PullSettings {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            max_backoff_seconds: 300,
-        }
-    }
-}
-
-impl Default for ExecutionSettings {
-    fn default() -> Self {
-        Self { retain_days: 30 }
-    }
-}
-
-impl Default for LogSettings {
-    fn default() -> Self {
-        Self {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
-/// The longest lease (and dependency recheck) accepted: a week.
-const MAX_LEASE_SECONDS: u64 = 7 * 86_400;
-/// The longest shutdown grace and pass interval accepted: a day.
-const MAX_WAIT_SECONDS: u64 = 86_400;
-
 /// The file read when `--config` is not given; its absence is not an error.
 pub const DEFAULT_CONFIG_FILE: &str = "config.yaml";
 
 impl Settings {
+    /// The engine's own settings, taken out of the whole.
+    pub fn engine(&self) -> crate::engine::EngineSettings {
+        crate::engine::EngineSettings {
+            sync: self.sync.clone(),
+            policy: self.policy.clone(),
+            pull: self.pull.clone(),
+            executions: self.executions.clone(),
+        }
+    }
+
     /// Loads settings from `file` (must exist when given explicitly), `overlay`, and the
     /// environment, then validates them.
     pub fn load(file: Option<&Path>, overlay: Option<&Path>) -> Result<Self, ConfigError> {
@@ -282,99 +114,22 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Each section checks itself; the first problem found is reported with its key.
     fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |key, problem: &str| {
-            Err(ConfigError::Key {
-                key,
-                problem: problem.into(),
-            })
-        };
-        let url = &self.database.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres:")
-            || url.starts_with("postgresql:"))
-        {
-            return bad("database.url", "must start with sqlite:// or postgres://");
-        }
-        if self.database.max_connections == 0 {
-            return bad("database.max_connections", "must be at least 1");
-        }
-        if !(1..=MAX_WAIT_SECONDS).contains(&self.database.timeout_seconds) {
-            return bad("database.timeout_seconds", "must be from 1 to 86400");
-        }
-        let s = &self.sync;
-        if s.concurrency == 0 {
-            return bad("sync.concurrency", "must be at least 1");
-        }
-        if s.page_size == 0 {
-            return bad("sync.page_size", "must be at least 1");
-        }
-        if s.step_timeout_seconds == 0 {
-            return bad("sync.step_timeout_seconds", "must be at least 1");
-        }
-        if s.lease_seconds > MAX_LEASE_SECONDS {
-            return bad("sync.lease_seconds", "must be at most 604800 (a week)");
-        }
-        if s.shutdown_grace_seconds > MAX_WAIT_SECONDS {
-            return bad(
-                "sync.shutdown_grace_seconds",
-                "must be at most 86400 (a day)",
-            );
-        }
-        if s.wait_recheck_seconds > MAX_LEASE_SECONDS {
-            return bad(
-                "sync.wait_recheck_seconds",
-                "must be at most 604800 (a week)",
-            );
-        }
-        if s.interval_ms > MAX_WAIT_SECONDS * 1000 {
-            return bad("sync.interval_ms", "must be at most 86400000 (a day)");
-        }
-        if !(1..=3600).contains(&s.heartbeat_seconds) {
-            return bad("sync.heartbeat_seconds", "must be from 1 to 3600");
-        }
-        if s.holder_id.as_deref().is_some_and(|h| h.trim().is_empty()) {
-            return bad("sync.holder_id", "must not be empty");
-        }
-        if s.lease_seconds <= s.step_timeout_seconds {
-            return bad(
-                "sync.lease_seconds",
-                "must be greater than sync.step_timeout_seconds",
-            );
-        }
-        let b = &s.backoff;
-        if !(b.base_seconds.is_finite() && b.base_seconds > 0.0) {
-            return bad("sync.backoff.base_seconds", "must be a positive number");
-        }
-        if !(b.factor.is_finite() && b.factor >= 1.0) {
-            return bad("sync.backoff.factor", "must be a number of at least 1");
-        }
-        if !(b.max_seconds.is_finite() && b.max_seconds >= b.base_seconds) {
-            return bad(
-                "sync.backoff.max_seconds",
-                "must be at least sync.backoff.base_seconds",
-            );
-        }
-        if !(0.0..=1.0).contains(&b.jitter) {
-            return bad("sync.backoff.jitter", "must be between 0 and 1");
-        }
-        if self.pull.max_backoff_seconds == 0 {
-            return bad("pull.max_backoff_seconds", "must be at least 1");
-        }
-        if self.policy.page_size == 0 {
-            return bad("policy.page_size", "must be at least 1");
-        }
-        if let Err((key, problem)) = self.sources.validate() {
-            return bad(key, problem);
-        }
-        if let Err((key, problem)) = self.events.validate() {
-            return bad(key, problem);
-        }
-        if let Err((key, problem)) = self.workspaces.validate() {
-            return bad(key, problem);
-        }
-        if let Err((key, problem)) = self.archive.validate() {
-            return bad(key, problem);
+        let checks = [
+            self.database.validate(),
+            self.engine().validate(),
+            self.sources.validate().map_err(|(k, p)| (k, p.to_string())),
+            self.events.validate().map_err(|(k, p)| (k, p.to_string())),
+            self.workspaces
+                .validate()
+                .map_err(|(k, p)| (k, p.to_string())),
+            self.archive.validate().map_err(|(k, p)| (k, p.to_string())),
+        ];
+        for check in checks {
+            if let Err((key, problem)) = check {
+                return Err(ConfigError::Key { key, problem });
+            }
         }
         Ok(())
     }
@@ -382,18 +137,4 @@ impl Settings {
 
 fn yaml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {
     config::File::from(path).format(config::FileFormat::Yaml)
-}
-
-/// Masks the password of a `scheme://user:password@host/…` URL so it can be logged.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let Some((creds, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match creds.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
-    }
 }

@@ -5,6 +5,7 @@
 //! - [`clock`]: time as epoch milliseconds, from a clock tests can drive.
 //! - [`store`]: the model store (objects, links, executions) on SQLite or PostgreSQL.
 //! - [`graph`]: the petgraph DAG from `model-deps.json`: sync order and link fields.
+//! - [`secret`]: secrets and what may be printed of them (URL redaction); a leaf.
 //! - [`sources`]: the NFS-safe dataset scanner, settle window, inotify hint, `sources.*` settings.
 //! - [`step`]: the traits steps implement (`SyncStep`, `PullStep`, `ModelPolicy`, `EventStep`).
 //! - [`engine`]: the pull, policy and sync loops and event application.
@@ -24,6 +25,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod graph;
+pub mod secret;
 pub mod sources;
 pub mod step;
 pub mod store;

@@ -1,8 +1,7 @@
 //! Logging: tracing to stderr (stdout stays clean for `-o json`), text or JSON lines.
 
+use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
-
-use crate::config::LogFormat;
 
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
 pub fn init(level: &str, format: LogFormat) {
@@ -16,4 +15,29 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// Log level and format (`text` for people, `json` for collectors).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    pub level: String,
+    pub format: LogFormat,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
 }

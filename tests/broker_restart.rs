@@ -28,8 +28,12 @@ async fn rabbitmq_restart_loses_nothing() {
     drop(AmqpSession::connect(&events).await.unwrap());
     let exchange = actual(&events, ARCHIVE);
     let run = {
-        let e = engine.clone();
-        tokio::spawn(async move { e.run().await.unwrap() })
+        let (e, events) = (engine.clone(), events.clone());
+        tokio::spawn(async move {
+            thalamus::app::run_with_transports(&e, &events)
+                .await
+                .unwrap()
+        })
     };
     let metrics = engine.event_metrics();
     publish_amqp(

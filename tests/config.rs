@@ -92,11 +92,11 @@ fn an_explicit_missing_file_is_an_error() {
 #[test]
 fn passwords_in_urls_are_masked() {
     assert_eq!(
-        thalamus::config::redact_url("postgres://app:s3cret@db/archive"),
+        thalamus::secret::redact_url("postgres://app:s3cret@db/archive"),
         "postgres://app:***@db/archive"
     );
     assert_eq!(
-        thalamus::config::redact_url("sqlite://thalamus.db"),
+        thalamus::secret::redact_url("sqlite://thalamus.db"),
         "sqlite://thalamus.db"
     );
 }

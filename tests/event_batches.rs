@@ -14,7 +14,8 @@ use lapin::{Connection, ConnectionProperties};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
-use thalamus::bus::{deliver_batch, AmqpSession, Delivery};
+use thalamus::bus::AmqpSession;
+use thalamus::engine::Delivery;
 use thalamus::step::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -49,7 +50,7 @@ async fn a_batch_is_applied_in_order_one_outcome_per_message(backend: Backend) {
         status(2, "Executing", "2026-01-01T00:00:04Z"), // older than what came before it
     ]);
     let shutdown = CancellationToken::new();
-    let first = deliver_batch(&w.engine, &events, &shutdown).await.unwrap();
+    let first = w.engine.deliver_batch(&events, &shutdown).await.unwrap();
     let kinds: Vec<&str> = first.iter().map(kind).collect();
     assert_eq!(
         kinds,
@@ -74,7 +75,7 @@ async fn a_batch_is_applied_in_order_one_outcome_per_message(backend: Backend) {
         assert_eq!(ing.enacted, ing.generation, "obs{n} enacted");
     }
     // The same batch again (a redelivery) changes nothing and dead-letters the same two.
-    let again = deliver_batch(&w.engine, &events, &shutdown).await.unwrap();
+    let again = w.engine.deliver_batch(&events, &shutdown).await.unwrap();
     let kinds: Vec<&str> = again.iter().map(kind).collect();
     assert_eq!(
         kinds,
@@ -124,7 +125,7 @@ async fn a_model_that_does_not_decode_rejects_only_its_messages() {
     ]);
     let outcome = tokio::time::timeout(
         Duration::from_secs(10),
-        deliver_batch(&w.engine, &events, &CancellationToken::new()),
+        w.engine.deliver_batch(&events, &CancellationToken::new()),
     )
     .await
     .expect("a poison model must not make the consumer retry forever")
@@ -178,7 +179,7 @@ async fn amqp_batches_are_acknowledged_in_full() {
     w.executing([1]).await;
     drop(AmqpSession::connect(&w.events).await.unwrap());
     publish_amqp(&actual(&w.events, STATUS), "x", &progress()).await;
-    let (stop, running) = run(&w.engine);
+    let (stop, running) = run(&w);
     all_stored(&w, true).await;
     stop.cancel();
     running.await.unwrap();
@@ -210,7 +211,7 @@ async fn kafka_batches_are_committed_in_full() {
     w.executing([1]).await;
     let topic = actual(&w.events, STATUS);
     produce_kafka(&topic, &progress()).await;
-    let (stop, running) = run(&w.engine);
+    let (stop, running) = run(&w);
     all_stored(&w, false).await;
     // Asks the group's committed offsets without joining the group: in each partition the
     // committed offset is the next to read, so together they count the messages committed.

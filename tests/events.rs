@@ -7,7 +7,8 @@ mod common;
 use common::brokers::*;
 use common::status_world::*;
 use common::{Backend, T0};
-use thalamus::bus::{deliver, AmqpSession, Delivery, KafkaSource};
+use thalamus::bus::{AmqpSession, KafkaSource};
+use thalamus::engine::Delivery;
 use thalamus::step::prelude::*;
 use thalamus::steps::models::Calibration;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +32,7 @@ async fn complete_message_enacts_without_waiting_for_the_poll(backend: Backend, 
         }
         _ => produce_kafka(&topic, &msg).await,
     }
-    let (stop, running) = run(&w.engine);
+    let (stop, running) = run(&w);
     eventually("the ingestion to be enacted", || async {
         w.ingestion(7).await.enacted == 1
     })
@@ -86,7 +87,7 @@ async fn duplicates_and_stale_states_change_nothing() {
     let mut outcomes = Vec::new();
     for _ in 0..4 {
         let received = source.recv().await.unwrap();
-        outcomes.push(deliver(&w.engine, &received.event, &shutdown).await);
+        outcomes.push(w.engine.deliver(&received.event, &shutdown).await);
         source.commit(std::slice::from_ref(&received)).unwrap();
     }
     assert_eq!(
@@ -131,7 +132,7 @@ async fn poison_messages_never_stop_the_consumer(transport: &str) {
         }
         _ => produce_kafka(&topic, &payloads).await,
     }
-    let (stop, running) = run(&w.engine);
+    let (stop, running) = run(&w);
     let metrics = w.engine.event_metrics();
     eventually("all 1010 messages stored", || async {
         let m = metrics.snapshot();
@@ -185,7 +186,7 @@ async fn crash_between_store_and_commit_redelivers_once_applied_kafka() {
         .unwrap();
     let received = first.recv().await.unwrap();
     assert_eq!(
-        deliver(&w.engine, &received.event, &shutdown).await,
+        w.engine.deliver(&received.event, &shutdown).await,
         Delivery::Applied
     );
     drop(first); // killed before committing
@@ -198,7 +199,7 @@ async fn crash_between_store_and_commit_redelivers_once_applied_kafka() {
         "the same message comes again"
     );
     assert_eq!(
-        deliver(&w.engine, &again.event, &shutdown).await,
+        w.engine.deliver(&again.event, &shutdown).await,
         Delivery::Unchanged,
         "applied once"
     );
@@ -216,10 +217,7 @@ async fn crash_between_store_and_ack_redelivers_once_applied_amqp() {
     ])
     .await;
     let (event, _acker) = first.recv(&shutdown).await.unwrap().unwrap();
-    assert_eq!(
-        deliver(&w.engine, &event, &shutdown).await,
-        Delivery::Applied
-    );
+    assert_eq!(w.engine.deliver(&event, &shutdown).await, Delivery::Applied);
     drop(first); // killed before acknowledging
     let mut second = AmqpSession::connect(&w.events).await.unwrap();
     let (again, acker) = second.recv(&shutdown).await.unwrap().unwrap();
@@ -229,7 +227,7 @@ async fn crash_between_store_and_ack_redelivers_once_applied_amqp() {
         again.position
     );
     assert_eq!(
-        deliver(&w.engine, &again, &shutdown).await,
+        w.engine.deliver(&again, &shutdown).await,
         Delivery::Unchanged,
         "applied once"
     );
@@ -250,7 +248,7 @@ async fn dead_letters_can_be_replayed_once_their_model_exists() {
         headers: vec![("origin".into(), "test".into())],
         position: "p1".into(),
     };
-    let Delivery::DeadLettered(id) = deliver(&w.engine, &event, &shutdown).await else {
+    let Delivery::DeadLettered(id) = w.engine.deliver(&event, &shutdown).await else {
         panic!("not dead-lettered")
     };
     let letter = w.engine.store().dead_letter(id).await.unwrap().unwrap();
@@ -264,7 +262,7 @@ async fn dead_letters_can_be_replayed_once_their_model_exists() {
         ..event
     };
     assert_eq!(
-        deliver(&w.engine, &replay, &shutdown).await,
+        w.engine.deliver(&replay, &shutdown).await,
         Delivery::Applied
     );
 }
@@ -301,7 +299,7 @@ async fn a_model_that_does_not_decode_dead_letters_instead_of_blocking() {
     };
     let outcome = tokio::time::timeout(
         Duration::from_secs(10),
-        deliver(&w.engine, &event, &CancellationToken::new()),
+        w.engine.deliver(&event, &CancellationToken::new()),
     )
     .await
     .expect("a poison model must not make the consumer retry forever");

@@ -91,9 +91,13 @@ async fn create_topics(brokers: &str, topics: &[&str]) {
 }
 
 /// Runs `engine` until its shutdown token is cancelled.
-fn spawn_run(engine: &Engine) -> tokio::task::JoinHandle<()> {
-    let engine = engine.clone();
-    tokio::spawn(async move { engine.run().await.unwrap() })
+fn spawn_run(engine: &Engine, events: &EventsSettings) -> tokio::task::JoinHandle<()> {
+    let (engine, events) = (engine.clone(), events.clone());
+    tokio::spawn(async move {
+        thalamus::app::run_with_transports(&engine, &events)
+            .await
+            .unwrap()
+    })
 }
 
 /// Stops `engine` and waits until its run (and so its Kafka consumer) has ended.
@@ -137,7 +141,7 @@ async fn restart_while_its_own_join_is_in_flight_loses_nothing() {
     .await;
 
     let first = archive_world(&db, events.clone(), 10).await;
-    let run = spawn_run(&first);
+    let run = spawn_run(&first, &events);
     // The JoinGroup that takes part in the join phase, the one a broker answers only when
     // that phase ends (tansu holds it for session.timeout.ms / 2): a dynamic member's second
     // (carrying the member id the broker handed out), a static member's first.
@@ -158,7 +162,7 @@ async fn restart_while_its_own_join_is_in_flight_loses_nothing() {
     )
     .await;
     let second = archive_world(&db, events.clone(), 10).await;
-    let run = spawn_run(&second);
+    let run = spawn_run(&second, &events);
     expect_all_enacted(&second, run, 10).await;
     stop_broker(OWN_JOIN);
 }
@@ -175,7 +179,7 @@ async fn restart_while_another_member_joins_loses_nothing() {
     let db = TestDb::new(Backend::Sqlite).await;
 
     let first = archive_world(&db, events.clone(), 10).await;
-    let run = spawn_run(&first);
+    let run = spawn_run(&first, &events);
     produce_kafka_to(
         OTHER_JOIN.1,
         &topic,
@@ -231,7 +235,7 @@ async fn restart_while_another_member_joins_loses_nothing() {
     )
     .await;
     let second = archive_world(&db, events.clone(), 10).await;
-    let run = spawn_run(&second);
+    let run = spawn_run(&second, &events);
     expect_all_enacted(&second, run, 10).await;
     polling.abort();
     let _ = polling.await;

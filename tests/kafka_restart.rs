@@ -102,8 +102,12 @@ async fn kafka_restart_loses_nothing() {
     );
     let topic = actual(&events, ARCHIVE);
     let run = {
-        let e = engine.clone();
-        tokio::spawn(async move { e.run().await.unwrap() })
+        let (e, events) = (engine.clone(), events.clone());
+        tokio::spawn(async move {
+            thalamus::app::run_with_transports(&e, &events)
+                .await
+                .unwrap()
+        })
     };
     let metrics = engine.event_metrics();
     produce_kafka_to(BROKER, &topic, &(0..50).map(complete).collect::<Vec<_>>()).await;

@@ -133,7 +133,7 @@ async fn engine(db: &TestDb, s: &Settings, clock: &ManualClock) -> Engine {
         db.store().await,
         registry,
         graph,
-        s.clone(),
+        s.engine(),
         Arc::new(clock.clone()),
     )
 }

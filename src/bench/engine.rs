@@ -1,7 +1,6 @@
 //! Engine scenarios: a full reconcile of 3-level chains, a sync pass with few dirty models
 //! among many, and the memory that takes.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -10,7 +9,6 @@ use serde::{Deserialize, Serialize};
 
 use super::db::{rss, Backend, Scratch};
 use super::{BenchArgs, Figure};
-use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::graph::DepGraph;
@@ -61,13 +59,10 @@ fn engine(scratch: &Scratch) -> anyhow::Result<Engine> {
     settings.database.url = scratch.url.clone();
     settings.sync.page_size = 1000;
     settings.pull.enabled = false;
-    Ok(Engine::new(
-        scratch.store.clone(),
-        registry,
-        graph,
-        settings,
-        Arc::new(SystemClock),
-    ))
+    crate::app::EngineBuilder::new(&settings)
+        .registry(registry)
+        .graph(graph)
+        .build(scratch.store.clone())
 }
 
 fn spinner(msg: String) -> ProgressBar {

@@ -1,7 +1,6 @@
 //! Events: N capability-status messages applied through Kafka and through AMQP, against a raw
 //! consumer of the same crate that only counts them.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -17,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::db::{Backend, Scratch};
 use super::{BenchArgs, Figure};
-use crate::bus::{deliver, AmqpBinding, AmqpSession, EventsSettings, KafkaSource, MetricsSnapshot};
-use crate::clock::SystemClock;
+use crate::bus::{AmqpBinding, AmqpSession, EventsSettings, KafkaSource};
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::engine::MetricsSnapshot;
 use crate::graph::DepGraph;
 use crate::step::Registry;
 
@@ -60,13 +59,10 @@ async fn world(
     let mut registry = Registry::new();
     crate::steps::events::register(&mut registry, &settings)?;
     let graph = DepGraph::parse("bench", "{}", &[])?;
-    let engine = Engine::new(
-        scratch.store.clone(),
-        registry,
-        graph,
-        settings,
-        Arc::new(SystemClock),
-    );
+    let engine = crate::app::EngineBuilder::new(&settings)
+        .registry(registry)
+        .graph(graph)
+        .build(scratch.store.clone())?;
     Ok((scratch, engine))
 }
 
@@ -136,7 +132,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     let shutdown = CancellationToken::new();
     // The group join is not part of the rate: the clock starts at the first message.
     let first = source.recv().await?;
-    deliver(&engine, &first.event, &shutdown).await;
+    engine.deliver(&first.event, &shutdown).await;
     source.commit(std::slice::from_ref(&first))?;
     let metrics = engine.event_metrics();
     let started = Instant::now();

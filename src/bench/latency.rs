@@ -10,9 +10,7 @@ use tokio::sync::Notify;
 
 use super::db::{Backend, Scratch};
 use super::{BenchArgs, Figure};
-use crate::clock::SystemClock;
 use crate::config::Settings;
-use crate::engine::Engine;
 use crate::graph::DepGraph;
 
 /// A minimal stand-in for the Workspaces contract: no requests yet, create → 1, submit → 1.
@@ -99,13 +97,10 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
         include_str!("../../model-deps.json"),
         &registry.sync_kinds(),
     )?;
-    let engine = Engine::new(
-        scratch.store.clone(),
-        registry,
-        graph,
-        settings,
-        Arc::new(SystemClock),
-    );
+    let engine = crate::app::EngineBuilder::new(&settings)
+        .registry(registry)
+        .graph(graph)
+        .build(scratch.store.clone())?;
     let run = {
         let e = engine.clone();
         tokio::spawn(async move { e.run().await })

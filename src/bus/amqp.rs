@@ -2,6 +2,7 @@
 //! queue (idempotently), consumes with manual acknowledgements and a prefetch bound, and
 //! reconnects with exponential backoff when the broker goes away.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -16,9 +17,9 @@ use lapin::{Acker, Connection, ConnectionProperties, Consumer, ExchangeKind};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{deliver_batch, EventsSettings};
-use crate::config::redact_url;
-use crate::engine::Engine;
+use super::EventsSettings;
+use crate::engine::EventSink;
+use crate::secret::redact_url;
 use crate::step::{Event, Transport};
 
 /// A connected consumer on thalamus's queue.
@@ -177,12 +178,12 @@ impl AmqpSession {
     /// (`multiple`: every delivery up to the batch's last).
     pub async fn consume(
         &mut self,
-        engine: &Engine,
+        sink: &dyn EventSink,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let max = self.events.max_batch;
         while let Some((events, last)) = self.recv_batch(max, shutdown).await? {
-            if deliver_batch(engine, &events, shutdown).await.is_none() {
+            if sink.deliver_batch(&events, shutdown).await.is_none() {
                 return Ok(());
             }
             last.ack(BasicAckOptions { multiple: true })
@@ -195,7 +196,11 @@ impl AmqpSession {
 
 /// Consumes until shutdown, reconnecting with exponential backoff whenever the broker is
 /// unreachable or drops the connection. Unacknowledged messages are redelivered by the broker.
-pub async fn run_amqp(engine: Engine, events: EventsSettings, shutdown: CancellationToken) {
+pub async fn run_amqp(
+    sink: Arc<dyn EventSink>,
+    events: EventsSettings,
+    shutdown: CancellationToken,
+) {
     let settings = &events.amqp;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(200))
@@ -209,7 +214,7 @@ pub async fn run_amqp(engine: Engine, events: EventsSettings, shutdown: Cancella
             Ok(mut session) => {
                 info!(url = %url, queue = %settings.queue, "consuming AMQP");
                 delays = backoff.build();
-                match session.consume(&engine, &shutdown).await {
+                match session.consume(sink.as_ref(), &shutdown).await {
                     Ok(()) => return,
                     Err(e) => e,
                 }

@@ -31,9 +31,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::metrics::EventMetrics;
-use super::{deliver_batch, EventsSettings};
-use crate::engine::Engine;
+use super::EventsSettings;
+use crate::engine::EventMetrics;
+use crate::engine::EventSink;
 use crate::step::{Event, Transport};
 
 /// Where the consumer stands in its group, as librdkafka's rebalance callbacks tell it.
@@ -298,7 +298,12 @@ impl KafkaSource {
 
     /// Consumes until shutdown: a batch of what has arrived (at most `max_batch`) is
     /// delivered, then its offsets are committed.
-    pub async fn consume(&self, engine: &Engine, max_batch: usize, shutdown: &CancellationToken) {
+    pub async fn consume(
+        &self,
+        sink: &dyn EventSink,
+        max_batch: usize,
+        shutdown: &CancellationToken,
+    ) {
         loop {
             let batch = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -313,7 +318,7 @@ impl KafkaSource {
             };
             let (events, marks): (Vec<Event>, Vec<Mark>) =
                 batch.into_iter().map(|r| (r.event, r.mark)).unzip();
-            if deliver_batch(engine, &events, shutdown).await.is_none() {
+            if sink.deliver_batch(&events, shutdown).await.is_none() {
                 return;
             }
             if let Err(e) = self.commit_marks(marks.iter()) {
@@ -327,7 +332,12 @@ impl KafkaSource {
 
 /// Consumes until shutdown: deliver, then commit. A start that fails (broker down) is retried
 /// with exponential backoff; errors while consuming are logged and librdkafka reconnects.
-pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: CancellationToken) {
+pub async fn run_kafka(
+    sink: Arc<dyn EventSink>,
+    instance: String,
+    events: EventsSettings,
+    shutdown: CancellationToken,
+) {
     let settings = &events.kafka;
     let mut delays = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(500))
@@ -335,7 +345,7 @@ pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: Cancell
         .without_max_times()
         .build();
     let source = loop {
-        match KafkaSource::connect(&events, engine.event_metrics(), Some(engine.holder())).await {
+        match KafkaSource::connect(&events, sink.event_metrics(), Some(&instance)).await {
             Ok(s) => break s,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(60));
@@ -351,7 +361,7 @@ pub async fn run_kafka(engine: Engine, events: EventsSettings, shutdown: Cancell
     // Ten session timeouts: a broker expires a vanished member within one.
     let bound = Duration::from_millis(u64::from(settings.session_timeout_ms) * 10);
     tokio::select! {
-        _ = source.consume(&engine, events.max_batch, &shutdown) => {}
+        _ = source.consume(sink.as_ref(), events.max_batch, &shutdown) => {}
         _ = source.watch_rebalances(&settings.group_id, bound) => {}
     }
 }

@@ -1,129 +1,42 @@
-//! Event transports (Kafka, AMQP) and the delivery rule they share: a message is acknowledged
-//! (or its offset committed) only after its effect, or its dead letter, is stored. A message
-//! whose effect cannot be stored yet (say, the database is down) is retried in place, never
-//! skipped; at shutdown it is left unacknowledged so the broker delivers it again.
+//! Event transports (Kafka, AMQP): adapters that receive messages and hand them to the
+//! engine's [`EventSink`](crate::engine::EventSink), acknowledging (or committing) only what
+//! it says is stored. The delivery rule itself is the engine's (`engine/delivery.rs`). The
+//! bootstrap starts them ([`start`]); the engine never does.
 
 mod amqp;
 mod kafka;
-mod metrics;
 mod settings;
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
 
 pub use amqp::{run_amqp, AmqpSession};
 pub use kafka::{run_kafka, KafkaSource, Received};
-pub use metrics::{EventMetrics, MetricsSnapshot};
 pub use settings::{AmqpBinding, AmqpSettings, EventsSettings, KafkaSettings};
 
-use crate::engine::{Engine, EventReport};
-use crate::step::Event;
-use crate::store::NewDeadLetter;
+use crate::engine::EventSink;
 
-/// What became of a delivered message; every variant but `Abandoned` may be acknowledged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Delivery {
-    Applied,
-    /// A duplicate or stale message: nothing changed.
-    Unchanged,
-    /// Stored as dead letter `id`.
-    DeadLettered(i64),
-    /// Shutdown came while the effect could not be stored: do not acknowledge.
-    Abandoned,
-}
-
-/// Applies `event`, retrying while its effect cannot be stored, and dead-letters what no step
-/// can apply; see [`deliver_batch`].
-pub async fn deliver(engine: &Engine, event: &Event, shutdown: &CancellationToken) -> Delivery {
-    deliver_batch(engine, std::slice::from_ref(event), shutdown)
-        .await
-        .and_then(|mut d| d.pop())
-        .unwrap_or(Delivery::Abandoned)
-}
-
-/// Applies messages in order, retrying the whole batch while its effects cannot be stored,
-/// and dead-letters what no step can apply; one [`Delivery`] per message, or `None` when
-/// shutdown came first (acknowledge none of them). Counts everything in the event metrics.
-pub async fn deliver_batch(
-    engine: &Engine,
-    events: &[Event],
+/// Starts the enabled transports, delivering into `sink` until `shutdown`; `instance` names
+/// this process to the brokers (its holder id: the Kafka consumer's static group membership).
+pub fn start(
+    sink: Arc<dyn EventSink>,
+    instance: &str,
+    events: &EventsSettings,
     shutdown: &CancellationToken,
-) -> Option<Vec<Delivery>> {
-    let metrics = engine.event_metrics();
-    metrics.consumed(events.len());
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
-        .without_max_times()
-        .with_jitter()
-        .build();
-    let mut retried = false;
-    loop {
-        match apply(engine, events).await {
-            Ok(deliveries) => {
-                let count =
-                    |want: fn(&Delivery) -> bool| deliveries.iter().filter(|d| want(d)).count();
-                let applied = count(|d| *d == Delivery::Applied);
-                metrics.applied(applied);
-                metrics.unchanged(count(|d| *d == Delivery::Unchanged));
-                metrics.dead_lettered(count(|d| matches!(d, Delivery::DeadLettered(_))));
-                // A failed attempt may have stored effects that now read as unchanged.
-                if applied > 0 || retried {
-                    engine.wake();
-                }
-                return Some(deliveries);
-            }
-            Err(e) => {
-                retried = true;
-                metrics.retried();
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                let first = events.first().map_or("", |e| e.position.as_str());
-                warn!(messages = events.len(), first = %first,
-                    "cannot store the effect of messages yet; retrying in {delay:?}: {e:#}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+) -> JoinSet<()> {
+    let mut transports = JoinSet::new();
+    if events.kafka.enabled {
+        transports.spawn(run_kafka(
+            sink.clone(),
+            instance.to_string(),
+            events.clone(),
+            shutdown.clone(),
+        ));
     }
-}
-
-/// One attempt at a batch: apply, then store the dead letters of what was rejected.
-async fn apply(engine: &Engine, events: &[Event]) -> anyhow::Result<Vec<Delivery>> {
-    let reports = engine.apply_events(events).await?;
-    let mut letters = Vec::new();
-    for (event, report) in events.iter().zip(&reports) {
-        if let EventReport::Rejected(reason) = report {
-            letters.push(NewDeadLetter {
-                transport: format!("{:?}", event.transport).to_lowercase(),
-                topic: event.topic.clone(),
-                routing_key: event.routing_key.clone(),
-                position: event.position.clone(),
-                headers: serde_json::to_string(&event.headers)?,
-                payload: event.payload.clone(),
-                reason: reason.clone(),
-                received_at: engine.now_ms(),
-            });
-        }
+    if events.amqp.enabled {
+        transports.spawn(run_amqp(sink, events.clone(), shutdown.clone()));
     }
-    let mut ids = engine.store().add_dead_letters(&letters).await?.into_iter();
-    let mut deliveries = Vec::with_capacity(reports.len());
-    for (event, report) in events.iter().zip(reports) {
-        deliveries.push(match report {
-            EventReport::Applied(_) => Delivery::Applied,
-            EventReport::Unchanged(_) => Delivery::Unchanged,
-            EventReport::Rejected(reason) => {
-                let id = ids
-                    .next()
-                    .ok_or_else(|| anyhow::anyhow!("a dead letter was not stored"))?;
-                info!(id, topic = %event.topic, position = %event.position, "dead-lettered: {reason}");
-                Delivery::DeadLettered(id)
-            }
-        });
-    }
-    Ok(deliveries)
+    transports
 }

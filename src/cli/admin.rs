@@ -2,14 +2,15 @@
 
 use tracing::info;
 
-use crate::config::{redact_url, Settings};
+use crate::config::Settings;
 use crate::engine::OnceReport;
+use crate::secret::redact_url;
 use crate::store::Open;
 
 /// `thalamus run [--once]`.
 pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Result<()> {
     let url = redact_url(&settings.database.url);
-    let (engine, _lock) = crate::app::engine(settings, migrate).await?;
+    let (engine, _lock) = crate::app::engine(&settings, migrate).await?;
     info!(database = %url, holder = engine.holder(), "thalamus starting");
     let token = engine.shutdown_token();
     tokio::spawn(async move {
@@ -34,7 +35,7 @@ pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Resul
             .await
             .map(|report| println!("{}", summary(&report)))
     } else {
-        engine.run().await
+        crate::app::run_with_transports(&engine, &settings.events).await
     };
     heartbeat.abort();
     engine.leave(&seat).await;

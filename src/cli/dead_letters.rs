@@ -1,7 +1,5 @@
 //! `thalamus dead-letters`: inspect, replay and purge messages no event step could apply.
 
-use std::sync::Arc;
-
 use anyhow::bail;
 use clap::Subcommand;
 
@@ -147,13 +145,5 @@ pub async fn run(settings: Settings, command: DeadLetters) -> anyhow::Result<()>
 /// An engine for replays: the shipped steps on the existing store, without taking the
 /// single-process lock (a running controller may hold it; replay only applies one event).
 fn replay_engine(settings: Settings, store: Store) -> anyhow::Result<Engine> {
-    let registry = crate::app::registry(&settings)?;
-    let graph = crate::app::graph(&settings, &registry)?;
-    Ok(Engine::new(
-        store,
-        registry,
-        graph,
-        settings,
-        Arc::new(SystemClock),
-    ))
+    crate::app::EngineBuilder::new(&settings).build(store)
 }

@@ -3,7 +3,7 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 
-use crate::config::BackoffSettings;
+use super::settings::BackoffSettings;
 
 /// The exponential backoff schedule from `sync.backoff`.
 #[derive(Debug, Clone)]

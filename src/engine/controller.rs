@@ -1,5 +1,5 @@
-//! `thalamus run`: pull loops in the background, policy and sync passes whenever there is
-//! work, until shutdown. A failing pass (say, the database is briefly down) is logged and
+//! `thalamus run`'s controller: pull loops in the background, policy and sync passes whenever
+//! there is work, until shutdown. (Event transports are started beside it by the bootstrap.) A failing pass (say, the database is briefly down) is logged and
 //! retried; it never ends the process.
 
 use std::time::Duration;
@@ -18,27 +18,12 @@ impl Engine {
     /// Runs the controller until the shutdown token is cancelled, then lets running steps
     /// finish (bounded by `sync.shutdown_grace_seconds`) and returns.
     pub async fn run(&self) -> anyhow::Result<()> {
-        let mut pulls = JoinSet::new(); // pull loops and event consumers
+        let mut pulls = JoinSet::new();
         if self.settings.pull.enabled {
             for step in self.registry.pulls.iter().cloned() {
                 let engine = self.clone();
                 pulls.spawn(async move { engine.pull_loop(step).await });
             }
-        }
-        let events = &self.settings.events;
-        if events.kafka.enabled {
-            pulls.spawn(crate::bus::run_kafka(
-                self.clone(),
-                events.clone(),
-                self.shutdown.clone(),
-            ));
-        }
-        if events.amqp.enabled {
-            pulls.spawn(crate::bus::run_amqp(
-                self.clone(),
-                events.clone(),
-                self.shutdown.clone(),
-            ));
         }
         let interval = Duration::from_millis(self.settings.sync.interval_ms.max(10));
         let mut wait = interval;

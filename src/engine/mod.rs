@@ -5,7 +5,9 @@
 
 mod backoff;
 mod controller;
+mod delivery;
 mod event;
+mod event_metrics;
 mod health;
 mod membership;
 mod outcome;
@@ -14,6 +16,7 @@ mod pull;
 mod pull_health;
 mod report;
 mod round;
+mod settings;
 mod sync;
 
 use std::sync::atomic::AtomicBool;
@@ -23,16 +26,19 @@ use tokio::sync::{Mutex, Notify};
 use tokio_util::sync::CancellationToken;
 
 pub use backoff::Backoff;
+pub use delivery::{Delivery, EventSink};
 pub use event::EventReport;
+pub use event_metrics::{EventMetrics, MetricsSnapshot};
 pub use health::StoreHealth;
 pub use membership::Seat;
 pub use policy::PolicyReport;
 pub use pull::PullSummary;
 pub use report::SyncReport;
+pub use settings::{
+    BackoffSettings, EngineSettings, ExecutionSettings, PolicySettings, PullSettings, SyncSettings,
+};
 
-use crate::bus::EventMetrics;
 use crate::clock::Clock;
-use crate::config::Settings;
 use crate::graph::DepGraph;
 use crate::step::{Models, Registry};
 use crate::store::Store;
@@ -43,7 +49,7 @@ pub struct Engine {
     pub(crate) store: Store,
     pub(crate) registry: Arc<Registry>,
     pub(crate) graph: Arc<DepGraph>,
-    pub(crate) settings: Arc<Settings>,
+    pub(crate) settings: Arc<EngineSettings>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) models: Models,
     pub(crate) backoff: Backoff,
@@ -77,7 +83,7 @@ impl Engine {
         store: Store,
         registry: Registry,
         graph: DepGraph,
-        settings: Settings,
+        settings: EngineSettings,
         clock: Arc<dyn Clock>,
     ) -> Self {
         let store = store.with_links(graph.link_fields());

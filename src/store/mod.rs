@@ -15,6 +15,7 @@ mod policy;
 mod query;
 mod reason;
 mod replicas;
+mod settings;
 mod settle;
 mod settle_state;
 mod statement;
@@ -38,6 +39,7 @@ pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
 pub use reason::Reason;
 pub use replicas::Replica;
+pub use settings::DatabaseSettings;
 pub use settle::{synced_message, OutcomeRecord, Settled, Settlement};
 pub use settle_state::SettleRecord;
 pub use status::StatusWrite;
@@ -193,7 +195,7 @@ impl Store {
     pub async fn ensure_migrated(&self) -> Result<()> {
         let sql = "SELECT COUNT(*) FROM objects WHERE 1 = 0";
         let probe = with_pool!(&self.db, pool => sqlx::query(sql).execute(pool).await.map(|_| ()));
-        probe.map_err(|_| StoreError::NotInitialised(crate::config::redact_url(&self.url)))
+        probe.map_err(|_| StoreError::NotInitialised(crate::secret::redact_url(&self.url)))
     }
 
     /// Whether this store is the embedded single-process SQLite backend.

@@ -66,7 +66,7 @@ pub async fn archive_world(db: &TestDb, events: EventsSettings, count: usize) ->
         db.store().await,
         registry,
         graph,
-        s,
+        s.engine(),
         Arc::new(ManualClock::at(T0)),
     );
     for n in 0..count {

@@ -7,7 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Instant;
 
 use serde_json::Value;
-use thalamus::config::{LogFormat, Settings};
+use thalamus::config::Settings;
+use thalamus::telemetry::LogFormat;
 
 use super::workspaces_stub::Stub;
 

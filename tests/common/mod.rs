@@ -238,7 +238,7 @@ fn engine_with_store(
         store,
         registry,
         graph,
-        settings.clone(),
+        settings.engine(),
         Arc::new(clock.clone()),
     )
 }

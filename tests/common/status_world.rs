@@ -80,7 +80,7 @@ impl World {
             db.store().await,
             registry,
             graph,
-            s.clone(),
+            s.engine(),
             Arc::new(ManualClock::at(T0)),
         );
         Self {
@@ -124,8 +124,13 @@ pub fn status(id: i64, state: &str, ts: &str) -> Vec<u8> {
 }
 
 /// Runs the controller (consumers and sync loop) until the returned token is cancelled.
-pub fn run(engine: &Engine) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let e = engine.clone();
-    let token = engine.shutdown_token();
-    (token, tokio::spawn(async move { e.run().await.unwrap() }))
+pub fn run(w: &World) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let (e, events) = (w.engine.clone(), w.events.clone());
+    let token = w.engine.shutdown_token();
+    let run = async move {
+        thalamus::app::run_with_transports(&e, &events)
+            .await
+            .unwrap()
+    };
+    (token, tokio::spawn(run))
 }
