@@ -4,7 +4,6 @@
 //! One SQL text serves both backends (`$N` placeholders work in both); [`with_pool!`] expands a
 //! body once per backend so each runs on its native driver. Times are epoch milliseconds.
 
-mod claims;
 mod dead_letters;
 mod deps;
 mod executions;
@@ -31,10 +30,10 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
 
-pub use claims::{Claimed, Lease};
 pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use deps::{Dependency, DependencyState};
 pub use executions::{Execution, NewExecution, Outcome};
+pub use leases::{Claimed, Lease};
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
 pub use reason::Reason;
@@ -91,8 +90,8 @@ pub type LinkFields = HashMap<String, Vec<(String, String)>>;
 pub struct Store {
     pub(crate) db: Db,
     pub(crate) links: Arc<LinkFields>,
-    /// SQLite only: the leases of this database, held in memory (see `leases.rs`).
-    pub(crate) mem_leases: Arc<leases::MemLeases>,
+    /// Who runs which object: in memory on SQLite, the `leases` table on PostgreSQL.
+    pub(crate) leases: Arc<dyn leases::LeaseBook>,
     url: String,
     /// How long a connection or one of the sync loop's calls may take before it fails.
     timeout: Duration,
@@ -122,8 +121,7 @@ impl Store {
         open: Open,
         timeout: Duration,
     ) -> Result<Self> {
-        let mut mem_leases = Arc::new(leases::MemLeases::default());
-        let db = if url.starts_with("sqlite:") {
+        let (db, leases): (Db, Arc<dyn leases::LeaseBook>) = if url.starts_with("sqlite:") {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(open == Open::Create)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -143,10 +141,16 @@ impl Store {
                 .max_connections(1)
                 .connect_with(opts)
                 .await?;
-            if !is_memory(url) {
-                mem_leases = leases::MemLeases::for_file(&path);
-            }
-            Db::Sqlite(pool)
+            let table = if is_memory(url) {
+                Arc::default()
+            } else {
+                leases::MemLeases::for_file(&path)
+            };
+            let book = leases::MemoryBook {
+                pool: pool.clone(),
+                table,
+            };
+            (Db::Sqlite(pool), Arc::new(book))
         } else {
             let opts = PgConnectOptions::from_str(url)?;
             let pool = PgPoolOptions::new()
@@ -154,12 +158,13 @@ impl Store {
                 .acquire_timeout(timeout)
                 .connect_with(opts)
                 .await?;
-            Db::Postgres(pool)
+            let book = leases::TableBook { pool: pool.clone() };
+            (Db::Postgres(pool), Arc::new(book))
         };
         Ok(Self {
             db,
             links: Arc::new(LinkFields::new()),
-            mem_leases,
+            leases,
             url: url.to_string(),
             timeout,
         })

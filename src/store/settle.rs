@@ -5,7 +5,7 @@
 
 use super::executions::{InsertExecutions as _, NewExecution, Outcome};
 use super::statement::{Param, Statement};
-use super::{with_pool, BeginWrite, Db, Result, Store};
+use super::{with_pool, BeginWrite, Result, Store};
 
 /// How one attempt ended, as the store records it.
 #[derive(Debug, Clone)]
@@ -256,14 +256,9 @@ impl Store {
             // until commit, so no claim can take one mid-settle, and a rollback restores them.
             // SQLite's are in memory, checked now (the one connection is ours, so no claim
             // interleaves) and given back only once the commit succeeded.
-            let held: std::collections::HashSet<i64> = match &self.db {
-                Db::Sqlite(_) => ids
-                    .iter()
-                    .zip(self.mem_leases.held_by(&ids, holder))
-                    .filter(|(_, h)| *h)
-                    .map(|(id, _)| *id)
-                    .collect(),
-                Db::Postgres(_) => {
+            let held: std::collections::HashSet<i64> = match self.leases.held_outside_settle(&ids, holder) {
+                Some(held) => ids.iter().zip(held).filter(|(_, h)| *h).map(|(id, _)| *id).collect(),
+                None => {
                     let sql = format!("DELETE FROM leases WHERE holder = $1 AND id{} RETURNING id", self.in_ids(2));
                     let held: Vec<i64> = sqlx::query_scalar(&sql)
                         .bind(holder).bind(self.id_param(ids.iter().copied()))
@@ -342,14 +337,12 @@ impl Store {
             tx.commit().await?;
             Ok::<_, super::StoreError>(())
         })?;
-        if self.is_sqlite() {
-            let mine: Vec<i64> = records
-                .iter()
-                .map(|r| r.id)
-                .filter(|id| !settlement.lost.contains(id))
-                .collect();
-            self.mem_leases.release(&mine, holder);
-        }
+        let mine: Vec<i64> = records
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| !settlement.lost.contains(id))
+            .collect();
+        self.leases.release_after_settle(&mine, holder);
         Ok(settlement)
     }
 }

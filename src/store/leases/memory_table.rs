@@ -1,8 +1,7 @@
-//! Leases on SQLite, kept in memory. One process holds a SQLite store (the lock file sees to
-//! it), so its leases need not be written: every handle on the same file in this process
-//! shares one table here, and the leases end with the process, as a crash would end them.
-//! Written leases cost a SQLite reconcile a quarter of its throughput. PostgreSQL keeps its
-//! leases in the `leases` table, shared by replicas.
+//! The in-memory lease table behind the SQLite book (`memory.rs`). One process holds a SQLite
+//! store (the lock file sees to it), so its leases need not be written: every handle on the
+//! same file in this process shares one table here, and the leases end with the process, as a
+//! crash would end them. Written leases cost a SQLite reconcile a quarter of its throughput.
 
 use std::collections::HashMap;
 use std::path::Path;
