@@ -32,10 +32,17 @@ const RETRY_MAX: Duration = Duration::from_secs(5);
 /// What a claimed object needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Job {
-    Sync,
-    Delete,
+    /// Its step runs this operation.
+    Run(Op),
     /// Deleted before any step touched the world: remove without running `delete`.
     Reap,
+}
+
+impl Job {
+    /// Whether the object is being deleted (a delete step or a reap), not synced.
+    pub fn deletes(self) -> bool {
+        self != Job::Run(Op::Sync)
+    }
 }
 
 /// One claimed object in the round's DAG.
@@ -57,8 +64,8 @@ impl Node {
     /// A node for a claimed row, its job read from the deletion columns.
     pub fn new(row: ObjectRow) -> Self {
         let job = match (row.deleted_at, row.need_delete) {
-            (None, _) => Job::Sync,
-            (Some(_), true) => Job::Delete,
+            (None, _) => Job::Run(Op::Sync),
+            (Some(_), true) => Job::Run(Op::Delete),
             (Some(_), false) => Job::Reap,
         };
         Self {
@@ -198,19 +205,22 @@ impl<'e> Round<'e> {
                 ready.pop_front();
                 continue;
             }
-            if self.nodes[i].job == Job::Reap {
-                ready.pop_front();
-                self.reap(i);
-                ready.extend(self.release_dependents(i));
-                continue;
-            }
+            let op = match self.nodes[i].job {
+                Job::Reap => {
+                    ready.pop_front();
+                    self.reap(i);
+                    ready.extend(self.release_dependents(i));
+                    continue;
+                }
+                Job::Run(op) => op,
+            };
             if !self.lease_covers_a_step() {
                 self.extend_leases().await;
                 continue; // the node may have been lost, or the store may be failing
             }
             ready.pop_front();
             self.nodes[i].running = true;
-            let step = AssertUnwindSafe(self.start(i)).catch_unwind();
+            let step = AssertUnwindSafe(self.start(i, op)).catch_unwind();
             tasks.push(Box::pin(step.map(move |output| (i, output))));
         }
     }
@@ -262,14 +272,13 @@ impl<'e> Round<'e> {
     }
 
     /// Future running node `i`'s step under its span and timeout.
-    fn start(&self, i: usize) -> impl std::future::Future<Output = TaskOutput> + Send + 'static {
+    fn start(
+        &self,
+        i: usize,
+        op: Op,
+    ) -> impl std::future::Future<Output = TaskOutput> + Send + 'static {
         let e = self.engine;
         let row = self.nodes[i].row.clone();
-        let op = if self.nodes[i].job == Job::Delete {
-            Op::Delete
-        } else {
-            Op::Sync
-        };
         let step = e.registry.sync.get(&row.kind).cloned();
         let ctx = StepContext::new(e.models.clone(), cause(&row));
         let timeout = Duration::from_secs(e.settings.sync.step_timeout_seconds);
@@ -300,7 +309,7 @@ impl<'e> Round<'e> {
         let e = self.engine;
         let now = e.clock.now_ms();
         let row = self.nodes[i].row.clone();
-        let deleting = self.nodes[i].job == Job::Delete;
+        let deleting = self.nodes[i].job == Job::Run(Op::Delete);
         let op = if deleting { "delete" } else { "sync" };
         let (ended, status, started) = match output {
             Ok((Ok((result, status)), started)) => (Ended::Returned(result), status, started),
@@ -422,7 +431,7 @@ impl<'e> Round<'e> {
             self.nodes[i].row.key.clone(),
         );
         for d in self.nodes[i].dependents.clone() {
-            let message = if self.nodes[d].job == Job::Sync {
+            let message = if !self.nodes[d].job.deletes() {
                 format!("waiting on {kind} {key}: {reason}")
             } else {
                 format!("waiting on dependents: {kind} {key} must be deleted first ({reason})")
@@ -459,7 +468,7 @@ impl<'e> Round<'e> {
             key: node.row.key.clone(),
             generation: node.row.generation,
             revision: node.row.revision,
-            sync_job: node.job == Job::Sync,
+            sync_job: !node.job.deletes(),
             settled,
             status,
             execution,

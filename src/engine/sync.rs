@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tracing::{debug, info};
 
 use super::report::SyncReport;
-use super::round::{Job, Node, Round};
+use super::round::{Node, Round};
 use super::Engine;
 use crate::store::{DependencyState, ObjectRow, OutcomeRecord, Settled};
 
@@ -199,9 +199,9 @@ impl Engine {
         let mut blocked: Vec<(usize, String)> = Vec::new();
         for dep in deps {
             let i = index[&dep.of];
-            let i_deleting = nodes[i].job != Job::Sync;
+            let i_deleting = nodes[i].job.deletes();
             if let Some(&j) = dep.id.as_ref().and_then(|id| index.get(id)) {
-                let j_deleting = nodes[j].job != Job::Sync;
+                let j_deleting = nodes[j].job.deletes();
                 // Same direction of travel inside the round: order in memory, no waiting.
                 if i_deleting == j_deleting {
                     nodes[j].dependents.push(i);
