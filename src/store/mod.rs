@@ -33,7 +33,7 @@ use sqlx::{PgPool, SqlitePool};
 pub use dead_letters::{DeadLetter, NewDeadLetter};
 pub use deps::{Dependency, DependencyState};
 pub use executions::{Execution, NewExecution, Outcome};
-pub use leases::{Claimed, Lease};
+pub use leases::Lease;
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
 pub use reason::Reason;

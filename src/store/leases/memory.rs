@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::SqlitePool;
 
-use super::{taken, ClaimRequest, Claimed, Lease, LeaseBook, MemLeases, DIRTY};
-use crate::store::objects::object_json_columns;
+use super::{taken, ClaimRequest, Lease, LeaseBook, MemLeases, DIRTY};
+use crate::store::objects::{object_json_columns, ObjectRow};
 use crate::store::{Result, StoreError};
 
 /// Leases in this process's memory, over a SQLite pool.
@@ -25,7 +25,7 @@ fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
 
 #[async_trait]
 impl LeaseBook for MemoryBook {
-    async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
+    async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
         // The rows come back as one JSON array: a thousand rows through the driver's
         // row-by-row hand-over cost three times the query itself.
         let sql = format!(
@@ -42,7 +42,7 @@ impl LeaseBook for MemoryBook {
             .bind(i64::try_from(r.limit).unwrap_or(i64::MAX))
             .fetch_one(&self.pool)
             .await?;
-        let rows: Vec<Claimed> = serde_json::from_str(&text)
+        let rows: Vec<ObjectRow> = serde_json::from_str(&text)
             .map_err(|e| StoreError::Invalid(format!("decoding claimed rows: {e}")))?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let took = self.table.take(&ids, r.holder, r.until, r.now);

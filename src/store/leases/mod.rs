@@ -19,9 +19,6 @@ pub(crate) use table::TableBook;
 use super::objects::ObjectRow;
 use super::{Result, Store};
 
-/// A claimed object: the row as it was when the lease was taken.
-pub type Claimed = ObjectRow;
-
 /// Who holds an object, and until when (epoch ms; an expired lease may be taken over).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 pub struct Lease {
@@ -49,7 +46,7 @@ pub(crate) const DIRTY: &str = "(enacted < generation OR deleted_at IS NOT NULL)
 #[async_trait]
 pub(crate) trait LeaseBook: Send + Sync + std::fmt::Debug {
     /// Claims what `request` asks for, in `(next_attempt_at, id)` order.
-    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<Claimed>>;
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ObjectRow>>;
 
     /// Of objects claimed a while ago (`(id, revision)` as claimed), the ids still `holder`'s
     /// and unchanged since; with `until`, their leases are extended to it.
@@ -94,7 +91,7 @@ impl Store {
         limit: usize,
         holder: &str,
         lease_until: i64,
-    ) -> Result<Vec<Claimed>> {
+    ) -> Result<Vec<ObjectRow>> {
         let request = ClaimRequest {
             kind,
             due_by,
@@ -151,8 +148,8 @@ impl Store {
 }
 
 /// `(row, taken)` pairs to the rows taken, in claim order.
-fn taken(rows: Vec<Claimed>, taken: Vec<bool>) -> Vec<Claimed> {
-    let mut rows: Vec<Claimed> = rows
+fn taken(rows: Vec<ObjectRow>, taken: Vec<bool>) -> Vec<ObjectRow> {
+    let mut rows: Vec<ObjectRow> = rows
         .into_iter()
         .zip(taken)
         .filter(|(_, t)| *t)

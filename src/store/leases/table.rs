@@ -6,8 +6,8 @@
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use super::{taken, ClaimRequest, Claimed, Lease, LeaseBook, DIRTY};
-use crate::store::objects::OBJECT_COLUMNS;
+use super::{taken, ClaimRequest, Lease, LeaseBook, DIRTY};
+use crate::store::objects::{ObjectRow, OBJECT_COLUMNS};
 use crate::store::Result;
 
 /// Leases as rows in `leases`.
@@ -18,7 +18,7 @@ pub(crate) struct TableBook {
 
 #[async_trait]
 impl LeaseBook for TableBook {
-    async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<Claimed>> {
+    async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
         let cols = OBJECT_COLUMNS.replace(", ", ", o.");
         let sql = format!(
             "WITH due AS (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND next_attempt_at <= $2 \
@@ -29,7 +29,7 @@ impl LeaseBook for TableBook {
                WHERE leases.until < $3 AND leases.holder <> $5 RETURNING id) \
              SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id"
         );
-        let rows: Vec<Claimed> = sqlx::query_as(&sql)
+        let rows: Vec<ObjectRow> = sqlx::query_as(&sql)
             .bind(r.kind)
             .bind(r.due_by)
             .bind(r.now)
