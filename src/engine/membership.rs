@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::Engine;
 use crate::clock::{format_ms, Clock as _, SystemClock};
@@ -114,7 +114,7 @@ impl Engine {
     pub async fn leave(&self, seat: &Seat) {
         let leave = self.store.leave_replicas(self.holder(), &seat.instance);
         match self.store.timed(leave).await {
-            Ok(()) => info!(holder = self.holder(), "left the replicas"),
+            Ok(()) => debug!(holder = self.holder(), "left the replicas"),
             Err(e) => warn!("could not leave the replicas (the heartbeat lapses by itself): {e}"),
         }
     }
