@@ -1,7 +1,7 @@
 //! The domain models: an Observation (a dataset found at a source), the Ingestion that puts
-//! it in the archive, and the Calibration that follows a completed VLA or ALMA ingestion.
-//! Observations have nothing to enact themselves: their sync step records them, so their
-//! dependents may proceed.
+//! it in the archive, and the Calibration that follows a completed VLA or ALMA ingestion,
+//! with the links between them (`model-deps.json` must say the same). Observations have
+//! nothing to enact themselves: their sync step records them, so their dependents may proceed.
 
 use crate::step::prelude::*;
 
@@ -96,7 +96,7 @@ impl Model for Observation {
 /// "This observation must be in the archive." Key: the observation's key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ingestion {
-    /// Link to the Observation (the field named in `model-deps.json`).
+    /// Link to the Observation.
     pub observation: String,
     pub instrument: Instrument,
     pub product: Product,
@@ -125,6 +125,7 @@ impl IngestionStatus {
 
 impl Model for Ingestion {
     const KIND: &'static str = "Ingestion";
+    const LINKS: &'static [Link] = &[Link::to::<Observation>("observation", "ingestions")];
     type Status = IngestionStatus;
 }
 
@@ -149,6 +150,7 @@ pub struct CalibrationStatus {
 
 impl Model for Calibration {
     const KIND: &'static str = "Calibration";
+    const LINKS: &'static [Link] = &[Link::to::<Ingestion>("ingestion", "calibrations")];
     type Status = CalibrationStatus;
 }
 

@@ -8,8 +8,8 @@ mod registry;
 mod traits;
 
 pub use context::{Models, StepContext, Undecodable};
-pub use model::{Model, Obj};
-pub use registry::{Registry, StepModule};
+pub use model::{Link, Model, Obj};
+pub use registry::{Registry, StepModule, SyncKind};
 pub use traits::{
     handle_each, Event, EventError, EventOutcome, EventStep, ModelPolicy, Progress, PullReport,
     PullStep, StepError, StepResult, SyncStep, Transport,
@@ -20,9 +20,9 @@ pub(crate) use registry::{Op, PolicyEvent};
 /// Everything a step module needs: `use crate::step::prelude::*;`.
 pub mod prelude {
     pub use super::{
-        handle_each, Event, EventError, EventOutcome, EventStep, Model, ModelPolicy, Models, Obj,
-        Progress, PullReport, PullStep, Registry, StepContext, StepError, StepResult, SyncStep,
-        Transport, Undecodable,
+        handle_each, Event, EventError, EventOutcome, EventStep, Link, Model, ModelPolicy, Models,
+        Obj, Progress, PullReport, PullStep, Registry, StepContext, StepError, StepResult,
+        SyncStep, Transport, Undecodable,
     };
     pub use crate::config::Settings;
     pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, SettleChanges, Settler};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::context::{typed, Models, StepContext};
-use super::model::Model;
+use super::model::{Link, Model};
 use super::traits::{EventStep, ModelPolicy, PullStep, StepError, StepResult, SyncStep};
 use crate::store::ObjectRow;
 
@@ -64,9 +64,9 @@ impl Registry {
         self
     }
 
-    /// Kinds that have a sync step.
-    pub fn sync_kinds(&self) -> Vec<&str> {
-        self.sync.keys().map(String::as_str).collect()
+    /// Kinds that have a sync step, each with the links its model declares, by name.
+    pub fn sync_kinds(&self) -> Vec<SyncKind> {
+        self.sync.values().map(|step| step.kind()).collect()
     }
 
     /// Names of the registered pull steps.
@@ -88,6 +88,35 @@ impl Registry {
     }
 }
 
+/// A kind that has a sync step, and the links its model declares ([`Model::LINKS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncKind {
+    pub name: &'static str,
+    pub links: &'static [Link],
+}
+
+impl SyncKind {
+    /// Model `M`'s kind and links.
+    pub const fn of<M: Model>() -> Self {
+        Self {
+            name: M::KIND,
+            links: M::LINKS,
+        }
+    }
+
+    /// A kind known by name only, declaring no links (graphs built in tests).
+    pub const fn named(name: &'static str) -> Self {
+        Self { name, links: &[] }
+    }
+}
+
+/// The kind's name.
+impl std::fmt::Display for SyncKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// Which half of a sync step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -101,6 +130,9 @@ pub(crate) type RawObject = ObjectRow;
 /// A sync step with its model type erased, so the engine can hold every kind in one map.
 #[async_trait]
 pub(crate) trait DynSync: Send + Sync {
+    /// The kind this step syncs, and its model's links.
+    fn kind(&self) -> SyncKind;
+
     /// Runs `sync` or `delete`; returns the outcome and the status JSON, if the step changed it.
     async fn run(&self, op: Op, row: &RawObject, ctx: &StepContext)
         -> (StepResult, Option<String>);
@@ -110,6 +142,10 @@ struct TypedSync<S>(S);
 
 #[async_trait]
 impl<S: SyncStep> DynSync for TypedSync<S> {
+    fn kind(&self) -> SyncKind {
+        SyncKind::of::<S::Model>()
+    }
+
     async fn run(
         &self,
         op: Op,
