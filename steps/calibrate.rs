@@ -6,13 +6,13 @@ use super::models::{Calibration, Instrument};
 use crate::step::prelude::*;
 
 /// Creates, submits and tracks the Workspaces request that calibrates one dataset.
-pub struct CalibrateDataset {
+pub struct RequestCalibration {
     client: WorkspacesClient,
     targets: CalibrationTargets,
 }
 
 #[async_trait]
-impl SyncStep for CalibrateDataset {
+impl SyncStep for RequestCalibration {
     type Model = Calibration;
 
     async fn sync(&self, obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
@@ -36,7 +36,7 @@ impl SyncStep for CalibrateDataset {
 
 /// Registers the Calibration sync step, talking to `workspaces.url`.
 pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
-    registry.sync(CalibrateDataset {
+    registry.sync(RequestCalibration {
         client: WorkspacesClient::new(&settings.workspaces)?,
         targets: settings.workspaces.calibration.clone(),
     })?;

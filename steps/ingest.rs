@@ -6,12 +6,12 @@ use super::models::{Ingestion, Instrument, Observation, Product};
 use crate::step::prelude::*;
 
 /// Creates, submits and tracks the Workspaces request that ingests one observation.
-pub struct IngestObservation {
+pub struct RequestIngestion {
     client: WorkspacesClient,
     targets: IngestionTargets,
 }
 
-impl IngestObservation {
+impl RequestIngestion {
     /// The configured capability or workflow for this data, or a permanent error naming the
     /// key to set.
     fn target(&self, instrument: Instrument, product: Product) -> Result<&Target, StepError> {
@@ -33,7 +33,7 @@ impl IngestObservation {
 }
 
 #[async_trait]
-impl SyncStep for IngestObservation {
+impl SyncStep for RequestIngestion {
     type Model = Ingestion;
 
     async fn sync(&self, obj: &mut Obj<Ingestion>, ctx: &StepContext) -> StepResult {
@@ -58,7 +58,7 @@ impl SyncStep for IngestObservation {
 
 /// Registers the Ingestion sync step, talking to `workspaces.url`.
 pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
-    registry.sync(IngestObservation {
+    registry.sync(RequestIngestion {
         client: WorkspacesClient::new(&settings.workspaces)?,
         targets: settings.workspaces.ingestion.clone(),
     })?;

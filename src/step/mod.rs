@@ -15,7 +15,11 @@ pub use traits::{
     PullStep, StepError, StepResult, SyncStep, Transport,
 };
 
-pub(crate) use registry::{Op, PolicyEvent};
+pub(crate) use registry::Op;
+
+/// Which policy hook runs (`PolicyHook`), under the name the engine's policy loop still uses;
+/// the alias goes once the engine says `PolicyHook`.
+pub(crate) use registry::PolicyHook as PolicyEvent;
 
 /// Everything a step module needs: `use crate::step::prelude::*;`.
 pub mod prelude {

@@ -124,9 +124,6 @@ pub(crate) enum Op {
     Delete,
 }
 
-/// A stored object handed to a type-erased step.
-pub(crate) type RawObject = ObjectRow;
-
 /// A sync step with its model type erased, so the engine can hold every kind in one map.
 #[async_trait]
 pub(crate) trait DynSync: Send + Sync {
@@ -134,7 +131,7 @@ pub(crate) trait DynSync: Send + Sync {
     fn kind(&self) -> SyncKind;
 
     /// Runs `sync` or `delete`; returns the outcome and the status JSON, if the step changed it.
-    async fn run(&self, op: Op, row: &RawObject, ctx: &StepContext)
+    async fn run(&self, op: Op, row: &ObjectRow, ctx: &StepContext)
         -> (StepResult, Option<String>);
 }
 
@@ -149,7 +146,7 @@ impl<S: SyncStep> DynSync for TypedSync<S> {
     async fn run(
         &self,
         op: Op,
-        row: &RawObject,
+        row: &ObjectRow,
         ctx: &StepContext,
     ) -> (StepResult, Option<String>) {
         let mut obj = match typed::<S::Model>(row) {
@@ -172,9 +169,9 @@ impl<S: SyncStep> DynSync for TypedSync<S> {
     }
 }
 
-/// Which policy hook runs.
+/// Which policy hook runs: the object was created, updated or deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PolicyEvent {
+pub(crate) enum PolicyHook {
     Create,
     Update,
     Delete,
@@ -184,8 +181,7 @@ pub(crate) enum PolicyEvent {
 #[async_trait]
 pub(crate) trait DynPolicy: Send + Sync {
     fn name(&self) -> &str;
-    async fn run(&self, event: PolicyEvent, row: &RawObject, models: &Models)
-        -> anyhow::Result<()>;
+    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()>;
 }
 
 struct TypedPolicy<P>(P);
@@ -196,17 +192,12 @@ impl<P: ModelPolicy> DynPolicy for TypedPolicy<P> {
         self.0.name()
     }
 
-    async fn run(
-        &self,
-        event: PolicyEvent,
-        row: &RawObject,
-        models: &Models,
-    ) -> anyhow::Result<()> {
+    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()> {
         let obj = typed::<P::Model>(row)?;
-        match event {
-            PolicyEvent::Create => self.0.handle_create(&obj, models).await,
-            PolicyEvent::Update => self.0.handle_update(&obj, models).await,
-            PolicyEvent::Delete => self.0.handle_delete(&obj, models).await,
+        match hook {
+            PolicyHook::Create => self.0.handle_create(&obj, models).await,
+            PolicyHook::Update => self.0.handle_update(&obj, models).await,
+            PolicyHook::Delete => self.0.handle_delete(&obj, models).await,
         }
     }
 }
