@@ -32,8 +32,8 @@ pub mod prelude {
     pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, SettleChanges, Settler};
     pub use crate::store::Change;
     pub use crate::workspaces::{
-        configured, ArchiveClient, CalibrationTargets, IngestionTargets, RequestStatus, Target,
-        WorkspacesClient,
+        configured, ArchiveClient, CalibrationTargets, IngestionTargets, RequestState,
+        RequestStatus, Target, WorkspacesClient,
     };
     pub use anyhow::{anyhow, bail, Context as _};
     pub use async_trait::async_trait;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::http::{CallError, Http};
-use super::request::RequestStatus;
+use super::request::{RequestState, RequestStatus};
 use super::settings::{Target, WorkspacesSettings};
 use crate::step::{Model, Obj, Progress, StepError, StepResult};
 
@@ -19,8 +19,7 @@ use crate::step::{Model, Obj, Progress, StepError, StepResult};
 pub struct WorkspacesRequest {
     /// The request id, used in the submit and status paths.
     pub id: i64,
-    /// Created, Submitted, Executing, Complete, Failed or Cancelled.
-    pub state: String,
+    pub state: RequestState,
     /// `<kind>/<key>@<generation>` of the object that asked for it.
     #[serde(default)]
     pub external_id: Option<String>,
@@ -155,7 +154,7 @@ impl WorkspacesClient {
         status: &mut RequestStatus,
     ) -> StepResult {
         record(status, &request);
-        if request.state == "Created" {
+        if request.state == RequestState::Created {
             request = self.submit(service, request.id).await?;
             record(status, &request);
         }
@@ -170,28 +169,27 @@ impl WorkspacesClient {
             .as_deref()
             .filter(|m| !m.trim().is_empty())
             .unwrap_or("no reason given");
-        match request.state.as_str() {
-            "Created" | "Submitted" | "Executing" => Ok(Progress::deferred(
-                self.poll,
-                format!("{what} is {}", request.state),
-            )),
-            "Complete" => {
+        match &request.state {
+            RequestState::Created | RequestState::Submitted | RequestState::Executing => Ok(
+                Progress::deferred(self.poll, format!("{what} is {}", request.state)),
+            ),
+            RequestState::Complete => {
                 status.completed_generation = Some(generation);
                 Ok(Progress::Done)
             }
-            "Failed" => {
+            RequestState::Failed => {
                 status.failure_reported = Some(request.id);
                 Err(StepError::Transient(anyhow!(
                     "{what} failed: {message}; a new request follows after the backoff"
                 )))
             }
-            "Cancelled" => {
+            RequestState::Cancelled => {
                 status.failure_reported = Some(request.id);
                 Err(StepError::permanent(format!(
                     "{what} was cancelled: {message}; retry to make a new request"
                 )))
             }
-            other => Err(StepError::Transient(anyhow!(
+            RequestState::Other(other) => Err(StepError::Transient(anyhow!(
                 "{what} is in a state thalamus does not know: {other:?}"
             ))),
         }
@@ -211,7 +209,7 @@ impl WorkspacesClient {
             .await?
             .into_iter()
             .filter(|r| r.external_id.as_deref().is_none_or(|e| e == external_id))
-            .filter(|r| r.state != "Failed" && r.id > superseded)
+            .filter(|r| r.state != RequestState::Failed && r.id > superseded)
             .max_by_key(|r| r.id))
     }
 

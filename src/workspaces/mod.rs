@@ -12,7 +12,7 @@ mod settings;
 pub use archive::ArchiveClient;
 pub use client::{configured, WorkspacesClient, WorkspacesRequest};
 pub use http::CallError;
-pub use request::RequestStatus;
+pub use request::{RequestState, RequestStatus};
 pub use settings::{
     ArchiveSettings, CalibrationTargets, IngestionTargets, Secret, Target, WorkspacesSettings,
 };

@@ -31,7 +31,7 @@ impl SyncStep for FakeIngest {
             .parse()
             .context("test keys are VLA/obsN")?;
         let r = &mut obj.status.request;
-        if r.state.as_deref() == Some("Complete") {
+        if r.state == Some(RequestState::Complete) {
             r.completed_generation = Some(obj.generation);
             return Ok(Progress::Done);
         }
