@@ -2,8 +2,8 @@
 //! ingestion-complete, written into the models' observed status so the sync loop reacts at
 //! once (its own polling of Workspaces stays the safety net when a message is lost).
 
-use super::models::{Calibration, Ingestion};
-use crate::step::prelude::*;
+use super::models::{Calibration, Ingestion, RequestStatus};
+use crate::steps::prelude::*;
 
 /// The status exchange/topic Workspaces publishes to.
 pub const STATUS_TOPIC: &str = "workspaces.capability-status";

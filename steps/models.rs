@@ -3,7 +3,7 @@
 //! with the links between them (`model-deps.json` must say the same). Observations have
 //! nothing to enact themselves: their sync step records them, so their dependents may proceed.
 
-use crate::step::prelude::*;
+use crate::steps::prelude::*;
 
 /// Telescope that produced a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -152,6 +152,28 @@ impl Model for Calibration {
     const KIND: &'static str = "Calibration";
     const LINKS: &'static [Link] = &[Link::to::<Ingestion>("ingestion", "calibrations")];
     type Status = CalibrationStatus;
+}
+
+/// Where a Workspaces request stands, as the sync step and event steps last saw it: part of
+/// the status of every kind that asks Workspaces for work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestStatus {
+    /// The Workspaces capability (or workflow) request id.
+    pub request_id: Option<i64>,
+    pub state: Option<RequestState>,
+    /// `<kind>/<key>@<generation>`: how the request is found again after a crash.
+    pub external_id: Option<String>,
+    /// The service's message, if any.
+    pub message: Option<String>,
+    /// The source timestamp of the last status applied, so stale messages are ignored.
+    pub updated_at: Option<String>,
+    /// The generation whose request completed.
+    pub completed_generation: Option<i64>,
+    /// The Failed or Cancelled request already reported as this object's error: the next
+    /// attempt (after the backoff, or an operator's retry) makes a new request instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reported: Option<i64>,
 }
 
 /// Records an observation: there is nothing to enact for a dataset that exists; syncing it

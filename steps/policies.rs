@@ -4,7 +4,7 @@
 
 use super::archive::CalibrationMark;
 use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
-use crate::step::prelude::*;
+use crate::steps::prelude::*;
 
 /// Observation created or updated → its Ingestion exists and follows its generation.
 pub struct DeriveIngestion;

@@ -15,7 +15,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use thalamus::bus::{deliver_batch, AmqpSession, Delivery};
-use thalamus::step::prelude::*;
+use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 fn message(payload: Vec<u8>, i: usize) -> Event {

@@ -8,8 +8,8 @@ use common::brokers::*;
 use common::status_world::*;
 use common::{Backend, T0};
 use thalamus::bus::{deliver, AmqpSession, Delivery, KafkaSource};
-use thalamus::step::prelude::*;
 use thalamus::steps::models::Calibration;
+use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 async fn complete_message_enacts_without_waiting_for_the_poll(backend: Backend, transport: &str) {

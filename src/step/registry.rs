@@ -10,12 +10,6 @@ use super::model::{Link, Model};
 use super::traits::{EventStep, ModelPolicy, PullStep, StepError, StepResult, SyncStep};
 use crate::store::ObjectRow;
 
-/// A module in `steps/`: its file name and the function that registers its steps.
-pub type StepModule = (
-    &'static str,
-    fn(&mut Registry, &crate::config::Settings) -> anyhow::Result<()>,
-);
-
 /// Every step the engine runs, collected by `steps::register`.
 #[derive(Default, Clone)]
 pub struct Registry {

@@ -1,30 +1,21 @@
-//! The observed state of one Workspaces request, kept in a model's status by the sync steps
-//! that make requests and the event steps that hear about them, and the states a request goes
-//! through.
+//! A Workspaces request as the service reports it, and the states it goes through.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// Where a Workspaces request stands, as the sync step and event steps last saw it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct RequestStatus {
-    /// The Workspaces capability (or workflow) request id.
-    pub request_id: Option<i64>,
-    pub state: Option<RequestState>,
-    /// `<kind>/<key>@<generation>`: how the request is found again after a crash.
+/// A capability request or a workflow request, as Workspaces reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct WorkspacesRequest {
+    /// The request id, used in the submit and status paths.
+    pub id: i64,
+    pub state: RequestState,
+    /// `<kind>/<key>@<generation>` of the object that asked for it.
+    #[serde(default)]
     pub external_id: Option<String>,
-    /// The service's message, if any.
+    /// Why it failed or was cancelled, or progress notes.
+    #[serde(default)]
     pub message: Option<String>,
-    /// The source timestamp of the last status applied, so stale messages are ignored.
-    pub updated_at: Option<String>,
-    /// The generation whose request completed.
-    pub completed_generation: Option<i64>,
-    /// The Failed or Cancelled request already reported as this object's error: the next
-    /// attempt (after the backoff, or an operator's retry) makes a new request instead.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub failure_reported: Option<i64>,
 }
 
 /// Where a request stands. Read and written as the service spells it; a state this version

@@ -7,8 +7,8 @@ use thalamus::bus::EventsSettings;
 use thalamus::clock::ManualClock;
 use thalamus::engine::Engine;
 use thalamus::graph::DepGraph;
-use thalamus::step::prelude::*;
 use thalamus::steps::models::{Calibration, Ingestion};
+use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::brokers::{ensure_kafka, events};
