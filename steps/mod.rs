@@ -14,7 +14,7 @@ use prelude::*;
 
 /// Everything a step module needs: `use crate::steps::prelude::*;`.
 pub mod prelude {
-    pub use super::Settings;
+    pub use super::{Invalid, Settings};
     pub use crate::sources::{scan_root, DatasetScan, Hint, SettleChanges, Settler};
     pub use crate::step::{
         handle_each, Event, EventError, EventOutcome, EventStep, Link, Model, ModelPolicy, Models,
@@ -23,7 +23,7 @@ pub mod prelude {
     };
     pub use crate::store::Change;
     pub use crate::workspaces::{
-        ArchiveClient, CallError, Endpoint, EndpointKeys, Invalid, RequestState, Secret, Service,
+        ArchiveClient, CallError, Endpoint, EndpointKeys, RequestState, Secret, Service,
         WorkspacesClient, WorkspacesRequest,
     };
     pub use anyhow::{anyhow, bail, Context as _};
@@ -52,7 +52,7 @@ pub const MODULES: &[Module] = &[
 /// Registers every module's steps, each configured from its own section of `settings`.
 pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
     for (name, register) in MODULES {
-        register(registry, settings).with_context(|| format!("registering steps/{name}.rs"))?;
+        register(registry, settings).with_context(|| format!("registering steps/{name}"))?;
     }
     Ok(())
 }
@@ -70,13 +70,16 @@ pub struct Settings {
     pub archive: archive::ArchiveSettings,
 }
 
+/// A setting that is not valid: its key, and what is wrong with its value.
+pub type Invalid = (&'static str, &'static str);
+
 /// `sources.*`: one section per source, each read by the module that polls it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SourcesSettings {
-    /// `sources.vla`: SDM directories and their BDFs (`filesystem.rs`).
+    /// `sources.vla`: SDM directories and their BDFs (`filesystem/`).
     pub vla: filesystem::VlaSettings,
-    /// `sources.vlba`: correlator output directories (`filesystem.rs`).
+    /// `sources.vlba`: correlator output directories (`filesystem/`).
     pub vlba: filesystem::DirectorySettings,
     /// `sources.alma`: the ALMA metadata database (`alma.rs`).
     pub alma: alma::AlmaSettings,
@@ -95,11 +98,11 @@ impl Settings {
 
 /// A REST call's failure ends a step as what it is: a timeout, connection error or 5xx is
 /// transient (retried with backoff), any other refusal permanent (until the spec changes).
-impl From<crate::workspaces::CallError> for StepError {
-    fn from(e: crate::workspaces::CallError) -> Self {
+impl From<CallError> for StepError {
+    fn from(e: CallError) -> Self {
         match e {
-            crate::workspaces::CallError::Transient(e) => StepError::Transient(e),
-            crate::workspaces::CallError::Rejected { message, .. } => StepError::Permanent(message),
+            CallError::Transient(e) => StepError::Transient(e),
+            CallError::Rejected { message, .. } => StepError::Permanent(message),
         }
     }
 }

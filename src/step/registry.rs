@@ -85,7 +85,9 @@ impl Registry {
 /// A kind that has a sync step, and the links its model declares ([`Model::LINKS`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SyncKind {
+    /// The kind's name ([`Model::KIND`]).
     pub name: &'static str,
+    /// The links its model declares.
     pub links: &'static [Link],
 }
 

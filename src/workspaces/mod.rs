@@ -13,4 +13,4 @@ pub use archive::ArchiveClient;
 pub use client::{Service, WorkspacesClient};
 pub use http::CallError;
 pub use request::{RequestState, WorkspacesRequest};
-pub use settings::{Endpoint, EndpointKeys, Invalid, Secret};
+pub use settings::{Endpoint, EndpointKeys, Secret};

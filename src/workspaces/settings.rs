@@ -50,22 +50,24 @@ pub struct Endpoint {
 /// The keys an endpoint's settings are read from, so a bad value is reported by its key.
 #[derive(Debug, Clone, Copy)]
 pub struct EndpointKeys {
+    /// Where [`Endpoint::url`] is set, e.g. `workspaces.url`.
     pub url: &'static str,
+    /// Where [`Endpoint::token`] is set.
     pub token: &'static str,
+    /// Where [`Endpoint::timeout_seconds`] is set.
     pub timeout_seconds: &'static str,
+    /// Where [`Endpoint::requests_per_second`] is set.
     pub requests_per_second: &'static str,
 }
-
-/// A setting that is not valid: its key, and what is wrong with it.
-pub type Invalid = (&'static str, &'static str);
 
 /// The slowest and fastest call rates a client accepts.
 const MIN_RATE: f64 = 0.001;
 const MAX_RATE: f64 = 1_000_000.0;
 
 impl Endpoint {
-    /// Checks what a client cannot work without; the error names the key (from `keys`).
-    pub fn validate(&self, keys: &EndpointKeys) -> Result<(), Invalid> {
+    /// Checks what a client cannot work without; the error is the key (from `keys`) and what
+    /// is wrong with its value.
+    pub fn validate(&self, keys: &EndpointKeys) -> Result<(), (&'static str, &'static str)> {
         match reqwest::Url::parse(&self.url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && !u.cannot_be_a_base() => {}
             _ => return Err((keys.url, "must be an http:// or https:// URL")),
