@@ -16,7 +16,7 @@ use crate::store::{Open, Store};
 /// The steps compiled from `steps/`, configured from `settings`.
 pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
-    crate::steps::register(&mut registry, settings)?;
+    crate::steps::register(&mut registry, &settings.steps)?;
     Ok(registry)
 }
 

@@ -1,6 +1,9 @@
 //! Settings: defaults in code, then `config.yaml` (or `--config FILE`), an optional overlay
 //! file, then `THALAMUS__SECTION__KEY` environment variables. Unknown keys are errors.
+//! The step modules' sections (`sources`, `workspaces`, …) are declared in `steps/` and sit
+//! at the top level of the file beside the controller's own.
 
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,9 @@ pub enum ConfigError {
 }
 
 /// Every setting thalamus reads; each has a default so a file may hold only `database.url`.
+/// The fields here are the controller's sections; `steps` holds the step modules' sections,
+/// which [`Settings::load`] reads from the top level of the file, and which read that way
+/// here too (`settings.sources` is `settings.steps.sources`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
@@ -28,10 +34,25 @@ pub struct Settings {
     pub pull: crate::engine::PullSettings,
     pub executions: crate::engine::ExecutionSettings,
     pub log: crate::telemetry::LogSettings,
-    pub sources: crate::sources::SourcesSettings,
-    pub workspaces: crate::workspaces::WorkspacesSettings,
-    pub archive: crate::workspaces::ArchiveSettings,
     pub events: crate::bus::EventsSettings,
+    /// The sections the step modules in `steps/` declare and read.
+    #[serde(flatten, skip_deserializing)]
+    pub steps: crate::steps::Settings,
+}
+
+/// The step modules' sections are top-level sections of the file; they read as such.
+impl Deref for Settings {
+    type Target = crate::steps::Settings;
+
+    fn deref(&self) -> &Self::Target {
+        &self.steps
+    }
+}
+
+impl DerefMut for Settings {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.steps
+    }
 }
 
 impl Default for Settings {
@@ -44,10 +65,8 @@ impl Default for Settings {
             pull: Default::default(),
             executions: Default::default(),
             log: Default::default(),
-            sources: crate::sources::SourcesSettings::default(),
             events: crate::bus::EventsSettings::default(),
-            workspaces: crate::workspaces::WorkspacesSettings::default(),
-            archive: crate::workspaces::ArchiveSettings::default(),
+            steps: crate::steps::Settings::default(),
         }
     }
 }
@@ -106,25 +125,51 @@ impl Settings {
                 .try_parsing(true)
                 .source(Some(env)),
         );
-        let settings: Settings = builder
+        let top = builder
             .build()
-            .and_then(|c| c.try_deserialize())
+            .and_then(|c| c.cache.into_table())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let settings = Self::from_sections(top)?;
         settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Reads the file's top-level sections: the controller's into these fields, the step
+    /// modules' into `steps`. Each part is read from the values as loaded, so an error still
+    /// names the key and where it was set.
+    fn from_sections(top: config::Map<String, config::Value>) -> Result<Self, ConfigError> {
+        let invalid = |e: config::ConfigError| ConfigError::Invalid(e.to_string());
+        let (mut own, mut steps) = (config::Map::new(), config::Map::new());
+        let own_keys = field_names::<Settings>();
+        let step_keys = field_names::<crate::steps::Settings>();
+        for (key, value) in top {
+            if own_keys.contains(&key.as_str()) {
+                own.insert(key, value);
+            } else if step_keys.contains(&key.as_str()) {
+                steps.insert(key, value);
+            } else {
+                let expected = own_keys.iter().chain(step_keys);
+                let expected: Vec<String> = expected.map(|k| format!("`{k}`")).collect();
+                return Err(ConfigError::Invalid(format!(
+                    "unknown field `{key}`, expected one of {}",
+                    expected.join(", ")
+                )));
+            }
+        }
+        let table = |t| config::Value::new(None, config::ValueKind::Table(t));
+        let mut settings: Settings = table(own).try_deserialize().map_err(invalid)?;
+        settings.steps = table(steps).try_deserialize().map_err(invalid)?;
         Ok(settings)
     }
 
     /// Each section checks itself; the first problem found is reported with its key.
     fn validate(&self) -> Result<(), ConfigError> {
+        let owned = |(key, problem): (&'static str, &str)| (key, problem.to_string());
         let checks = [
             self.database.validate(),
             self.engine().validate(),
-            self.sources.validate().map_err(|(k, p)| (k, p.to_string())),
-            self.events.validate().map_err(|(k, p)| (k, p.to_string())),
-            self.workspaces
-                .validate()
-                .map_err(|(k, p)| (k, p.to_string())),
-            self.archive.validate().map_err(|(k, p)| (k, p.to_string())),
+            self.events.validate().map_err(owned),
+            self.steps.validate().map_err(owned),
         ];
         for check in checks {
             if let Err((key, problem)) = check {
@@ -133,6 +178,42 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The top-level keys a section struct's derived `Deserialize` reads (fields it skips are not
+/// among them): asks it to deserialize from a stand-in that only records the names.
+fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
+    use serde::de::{Deserializer, Error as _, Visitor};
+
+    struct Names(&'static [&'static str]);
+
+    impl<'de> Deserializer<'de> for &mut Names {
+        type Error = serde::de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(Self::Error::custom("only struct field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            self.0 = fields;
+            Err(Self::Error::custom("only struct field names are read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+
+    let mut names = Names(&[]);
+    let _ = T::deserialize(&mut names);
+    names.0
 }
 
 fn yaml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {

@@ -1,5 +1,6 @@
 //! The dependency graph from `model-deps.json` (XOS format): which kinds wait on which, the
-//! topological sync order, and the link fields that name each dependency.
+//! topological sync order, and the link fields that name each dependency. The models declare
+//! their links too ([`crate::step::Model::LINKS`]); the file operators read must agree.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
@@ -8,6 +9,7 @@ use std::path::Path;
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 
+use crate::step::{Link, SyncKind};
 use crate::store::LinkFields;
 
 /// Why `model-deps.json` was rejected; every variant names the culprit.
@@ -29,6 +31,13 @@ pub enum GraphError {
     },
     #[error("{path}: dependency cycle {cycle}")]
     Cycle { path: String, cycle: String },
+    #[error("{path} and the {kind} model disagree on its links: the file says {file}, the model (`LINKS` of its `impl Model` in steps/) says {model}")]
+    Links {
+        path: String,
+        kind: String,
+        file: String,
+        model: String,
+    },
 }
 
 /// One declared dependency: objects of `kind` link to a `target` object through `field`.
@@ -53,23 +62,27 @@ pub struct DepGraph {
 type DepsFile = BTreeMap<String, Vec<(String, String, String)>>;
 
 impl DepGraph {
-    /// Reads and validates `path` against the kinds that have sync steps.
-    pub fn load(path: &Path, sync_kinds: &[&str]) -> Result<Self, GraphError> {
+    /// Reads and validates `path` against the kinds that have sync steps: every kind in it
+    /// has one, and every kind's links are the ones its model declares.
+    pub fn load(path: &Path, sync_kinds: &[SyncKind]) -> Result<Self, GraphError> {
         let name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| GraphError::Read {
             path: name.clone(),
             source,
         })?;
-        Self::parse(&name, &text, sync_kinds)
+        let graph = Self::parse(&name, &text, sync_kinds)?;
+        graph.check_links(&name, sync_kinds)?;
+        Ok(graph)
     }
 
-    /// Parses the XOS format: `{ "Model": [["DependsOn", "src_field", "dst_field"]] }`.
-    pub fn parse(name: &str, text: &str, sync_kinds: &[&str]) -> Result<Self, GraphError> {
+    /// Parses the XOS format: `{ "Model": [["DependsOn", "src_field", "dst_field"]] }`,
+    /// checking that every kind in it has a sync step (not the links: see [`Self::load`]).
+    pub fn parse(name: &str, text: &str, sync_kinds: &[SyncKind]) -> Result<Self, GraphError> {
         let file: DepsFile = serde_json::from_str(text).map_err(|e| GraphError::Format {
             path: name.to_string(),
             reason: format!("{e} (expected {{\"Kind\": [[\"DependsOnKind\", \"src_field\", \"dst_field\"], …]}})"),
         })?;
-        let known: BTreeSet<&str> = sync_kinds.iter().copied().collect();
+        let known: BTreeSet<&str> = sync_kinds.iter().map(|k| k.name).collect();
         let no_step = |kind: &str, context: String| GraphError::NoSyncStep {
             path: name.to_string(),
             kind: kind.to_string(),
@@ -121,6 +134,47 @@ impl DepGraph {
             }
         };
         Ok(Self { graph, order, deps })
+    }
+
+    /// Checks that each kind's links in the file (`name`) are the ones its model declares,
+    /// in any order; the error shows both.
+    pub fn check_links(&self, name: &str, sync_kinds: &[SyncKind]) -> Result<(), GraphError> {
+        for kind in sync_kinds {
+            let mut file: Vec<(&str, &str, &str)> = self
+                .deps
+                .iter()
+                .filter(|d| d.kind == kind.name)
+                .map(|d| (d.target.as_str(), d.field.as_str(), d.reverse.as_str()))
+                .collect();
+            let mut model: Vec<(&str, &str, &str)> = kind
+                .links
+                .iter()
+                .map(|l| (l.target, l.field, l.reverse))
+                .collect();
+            file.sort_unstable();
+            model.sort_unstable();
+            if file != model {
+                return Err(self.disagreement(name, kind));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error saying what the file and `kind`'s model each declare.
+    fn disagreement(&self, name: &str, kind: &SyncKind) -> GraphError {
+        let file: Vec<String> = self
+            .deps
+            .iter()
+            .filter(|d| d.kind == kind.name)
+            .map(|d| xos(&d.target, &d.field, &d.reverse))
+            .collect();
+        let model: Vec<String> = kind.links.iter().map(Link::to_string).collect();
+        GraphError::Links {
+            path: name.to_string(),
+            kind: kind.name.to_string(),
+            file: format!("[{}]", file.join(", ")),
+            model: format!("[{}]", model.join(", ")),
+        }
     }
 
     /// Kinds in sync order: every kind after the kinds it depends on. Deletion runs in reverse.
@@ -202,6 +256,11 @@ impl DepGraph {
         out.push_str("}\n");
         out
     }
+}
+
+/// One dependency as `model-deps.json` writes it: `["Target", "field", "reverse"]`.
+fn xos(target: &str, field: &str, reverse: &str) -> String {
+    format!("[{target:?}, {field:?}, {reverse:?}]")
 }
 
 /// Names the kinds of one cycle in edge order, e.g. `A → B → A`.

@@ -1,6 +1,7 @@
 //! The ALMA pull step: rows from the archive's metadata database (configured SQL queries)
 //! become Observations. A newer request timestamp in a row changes the spec, so the
-//! ingestion runs again; ASDMs known not to be calibratable carry the reason.
+//! ingestion runs again; ASDMs known not to be calibratable carry the reason. Configured by
+//! `sources.alma`.
 
 use std::collections::HashMap;
 
@@ -8,7 +9,65 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 use super::models::{Instrument, Observation, Product};
-use crate::step::prelude::*;
+use crate::steps::prelude::*;
+
+/// `sources.alma`: rows from the archive's metadata database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlmaSettings {
+    pub enabled: bool,
+    /// `postgres://…` of the metadata database (secret: never printed).
+    pub database_url: Option<String>,
+    pub poll_seconds: u64,
+    /// Returns text columns `uid` and `requested_at` (nullable): ASDMs to (re)ingest.
+    pub asdm_query: Option<String>,
+    /// Returns text columns `uid` and `requested_at`: calibrations to (re)ingest.
+    pub calibration_query: Option<String>,
+    /// Returns text columns `uid` and `reason`: ASDMs known not to be calibratable.
+    pub not_calibratable_query: Option<String>,
+}
+
+impl Default for AlmaSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            database_url: None,
+            poll_seconds: 300,
+            asdm_query: None,
+            calibration_query: None,
+            not_calibratable_query: None,
+        }
+    }
+}
+
+impl AlmaSettings {
+    /// Checks what the ALMA source cannot run without; the error names the key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.poll_seconds == 0 {
+            return Err(("sources.alma.poll_seconds", "must be at least 1"));
+        }
+        if !self
+            .database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres"))
+        {
+            return Err((
+                "sources.alma.database_url",
+                "must be a postgres:// URL when sources.alma.enabled",
+            ));
+        }
+        if self.asdm_query.is_none() && self.calibration_query.is_none() {
+            return Err((
+                "sources.alma.asdm_query",
+                "or sources.alma.calibration_query must be set when sources.alma.enabled",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// Polls the ALMA metadata database.
 pub struct AlmaSource {

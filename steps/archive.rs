@@ -1,8 +1,57 @@
 //! Tells the archive what thalamus learned about its data: a `CalibrationMark` is "this ASDM
 //! cannot be calibrated", enacted by `PUT {archive}/alma/asdm/{uid}/calibration-status`.
-//! A policy upserts one when the ALMA source or an operator says so.
+//! A policy upserts one when the ALMA source or an operator says so. The archive is found
+//! where `archive.*` says.
 
-use crate::step::prelude::*;
+use crate::steps::prelude::*;
+
+/// `archive.*`: the archive's REST service, which is told about ASDMs that cannot be
+/// calibrated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSettings {
+    /// Base URL; `/alma/asdm/{uid}/calibration-status` is appended.
+    pub url: String,
+    /// Bearer token sent in `Authorization`, if the archive wants one.
+    pub token: Option<Secret>,
+    /// Connect and whole-request timeout of each call.
+    pub timeout_seconds: u64,
+    /// Outbound calls per second from this process.
+    pub requests_per_second: f64,
+}
+
+impl Default for ArchiveSettings {
+    fn default() -> Self {
+        Self {
+            url: "http://127.0.0.1:8082/archive".into(),
+            token: None,
+            timeout_seconds: 30,
+            requests_per_second: 20.0,
+        }
+    }
+}
+
+impl ArchiveSettings {
+    /// What the client needs of these settings.
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            url: self.url.clone(),
+            token: self.token.clone(),
+            timeout_seconds: self.timeout_seconds,
+            requests_per_second: self.requests_per_second,
+        }
+    }
+
+    /// Checks what the archive client cannot work without; the error names the key.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.endpoint().validate(&EndpointKeys {
+            url: "archive.url",
+            token: "archive.token",
+            timeout_seconds: "archive.timeout_seconds",
+            requests_per_second: "archive.requests_per_second",
+        })
+    }
+}
 
 /// "The archive must record that ASDM `uid` is not calibratable, and why." Key: the uid.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,7 +97,7 @@ impl SyncStep for MarkNotCalibratable {
 /// Registers the CalibrationMark sync step, talking to `archive.url`.
 pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
     registry.sync(MarkNotCalibratable {
-        client: ArchiveClient::new(&settings.archive)?,
+        client: ArchiveClient::new(&settings.archive.endpoint())?,
     })?;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! ingestion-complete, written into the models' observed status so the sync loop reacts at
 //! once (its own polling of Workspaces stays the safety net when a message is lost).
 
-use super::models::{Calibration, Ingestion};
-use crate::step::prelude::*;
+use super::models::{Calibration, Ingestion, RequestStatus};
+use crate::steps::prelude::*;
 
 /// The status exchange/topic Workspaces publishes to.
 pub const STATUS_TOPIC: &str = "workspaces.capability-status";
@@ -14,30 +14,29 @@ pub const ARCHIVE_TOPIC: &str = "archive.events";
 #[derive(Debug, Deserialize)]
 struct StatusMessage {
     #[serde(rename = "type")]
-    kind: String,
+    kind: StatusKind,
     capability_request_id: Option<i64>,
     workflow_request_id: Option<i64>,
-    state: String,
+    state: RequestState,
     message: Option<String>,
     timestamp: Option<String>,
 }
 
-/// Request states in the order they happen; terminal states share the last rank.
-fn rank(state: &str) -> Option<u8> {
-    match state {
-        "Created" => Some(0),
-        "Submitted" => Some(1),
-        "Executing" => Some(2),
-        "Complete" | "Failed" | "Cancelled" => Some(3),
-        _ => None,
-    }
+/// What a status message is about; another type is kept as said, to be named when rejected.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum StatusKind {
+    CapabilityStatus,
+    WorkflowStatus,
+    #[serde(untagged)]
+    Other(String),
 }
 
 /// Whether a message (state at time `ts`) is newer than what `current` already holds: by the
 /// source's timestamp when both have one, else by how far along the request is.
-fn is_newer(current: &RequestStatus, state: &str, ts: Option<&str>) -> bool {
-    let cur_rank = current.state.as_deref().and_then(rank);
-    let new_rank = rank(state);
+fn is_newer(current: &RequestStatus, state: &RequestState, ts: Option<&str>) -> bool {
+    let cur_rank = current.state.as_ref().and_then(RequestState::rank);
+    let new_rank = state.rank();
     let parse = |t: &str| chrono::DateTime::parse_from_rfc3339(t).ok();
     match (
         current.updated_at.as_deref().and_then(parse),
@@ -50,7 +49,7 @@ fn is_newer(current: &RequestStatus, state: &str, ts: Option<&str>) -> bool {
             let first_timestamp = cur_ts.is_none() && ts.is_some();
             new_rank > cur_rank
                 || (new_rank == cur_rank
-                    && (current.state.as_deref() != Some(state) || first_timestamp))
+                    && (current.state.as_ref() != Some(state) || first_timestamp))
         }
     }
 }
@@ -113,14 +112,18 @@ impl EventStep for RequestStatusFeed {
 fn parse_status(event: &Event) -> Result<(i64, StatusMessage), String> {
     let msg: StatusMessage =
         serde_json::from_slice(&event.payload).map_err(|e| format!("not a status message: {e}"))?;
-    let id = match msg.kind.as_str() {
-        "capability-status" => msg.capability_request_id,
-        "workflow-status" => msg.capability_request_id.or(msg.workflow_request_id),
-        other => return Err(format!("unknown status message type {other:?}")),
-    }
-    .ok_or_else(|| format!("{} without a request id", msg.kind))?;
-    if rank(&msg.state).is_none() {
-        return Err(format!("unknown request state {:?}", msg.state));
+    let id = match &msg.kind {
+        StatusKind::CapabilityStatus => msg
+            .capability_request_id
+            .ok_or("capability-status without a request id")?,
+        StatusKind::WorkflowStatus => msg
+            .capability_request_id
+            .or(msg.workflow_request_id)
+            .ok_or("workflow-status without a request id")?,
+        StatusKind::Other(other) => return Err(format!("unknown status message type {other:?}")),
+    };
+    if let RequestState::Other(state) = &msg.state {
+        return Err(format!("unknown request state {state:?}"));
     }
     Ok((id, msg))
 }
@@ -243,9 +246,18 @@ impl<M: Model> Requesters<M> {
 #[derive(Debug, Deserialize)]
 struct ArchiveEvent {
     #[serde(rename = "type")]
-    kind: String,
+    kind: ArchiveEventKind,
     instrument: Option<String>,
     name: Option<String>,
+}
+
+/// What an archive event says happened; other types are kept as said, to be named.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum ArchiveEventKind {
+    IngestionComplete,
+    #[serde(untagged)]
+    Other(String),
 }
 
 /// The archive's ingestion-complete → the Ingestion's observed status (which the policy turns
@@ -265,10 +277,9 @@ impl EventStep for IngestionComplete {
     async fn handle(&self, event: &Event, models: &Models) -> Result<EventOutcome, EventError> {
         let msg: ArchiveEvent = serde_json::from_slice(&event.payload)
             .map_err(|e| EventError::Reject(format!("not an archive event: {e}")))?;
-        if msg.kind != "ingestion-complete" {
+        if let ArchiveEventKind::Other(kind) = &msg.kind {
             return Ok(EventOutcome::Unchanged(format!(
-                "archive event {:?} is not for thalamus",
-                msg.kind
+                "archive event {kind:?} is not for thalamus"
             )));
         }
         let (Some(instrument), Some(name)) = (msg.instrument, msg.name) else {
@@ -286,7 +297,7 @@ impl EventStep for IngestionComplete {
             )));
         }
         obj.status.request.completed_generation = Some(obj.generation);
-        obj.status.request.state = Some("Complete".into());
+        obj.status.request.state = Some(RequestState::Complete);
         // Written (and re-synced) only if nobody changed it since it was read; otherwise the
         // message comes again and finds it as it is.
         if models.set_statuses(&[&obj], true).await? == 0 {

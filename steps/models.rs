@@ -1,9 +1,9 @@
 //! The domain models: an Observation (a dataset found at a source), the Ingestion that puts
-//! it in the archive, and the Calibration that follows a completed VLA or ALMA ingestion.
-//! Observations have nothing to enact themselves: their sync step records them, so their
-//! dependents may proceed.
+//! it in the archive, and the Calibration that follows a completed VLA or ALMA ingestion,
+//! with the links between them (`model-deps.json` must say the same). Observations have
+//! nothing to enact themselves: their sync step records them, so their dependents may proceed.
 
-use crate::step::prelude::*;
+use crate::steps::prelude::*;
 
 /// Telescope that produced a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -96,7 +96,7 @@ impl Model for Observation {
 /// "This observation must be in the archive." Key: the observation's key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ingestion {
-    /// Link to the Observation (the field named in `model-deps.json`).
+    /// Link to the Observation.
     pub observation: String,
     pub instrument: Instrument,
     pub product: Product,
@@ -125,6 +125,7 @@ impl IngestionStatus {
 
 impl Model for Ingestion {
     const KIND: &'static str = "Ingestion";
+    const LINKS: &'static [Link] = &[Link::to::<Observation>("observation", "ingestions")];
     type Status = IngestionStatus;
 }
 
@@ -149,7 +150,30 @@ pub struct CalibrationStatus {
 
 impl Model for Calibration {
     const KIND: &'static str = "Calibration";
+    const LINKS: &'static [Link] = &[Link::to::<Ingestion>("ingestion", "calibrations")];
     type Status = CalibrationStatus;
+}
+
+/// Where a Workspaces request stands, as the sync step and event steps last saw it: part of
+/// the status of every kind that asks Workspaces for work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestStatus {
+    /// The Workspaces capability (or workflow) request id.
+    pub request_id: Option<i64>,
+    pub state: Option<RequestState>,
+    /// `<kind>/<key>@<generation>`: how the request is found again after a crash.
+    pub external_id: Option<String>,
+    /// The service's message, if any.
+    pub message: Option<String>,
+    /// The source timestamp of the last status applied, so stale messages are ignored.
+    pub updated_at: Option<String>,
+    /// The generation whose request completed.
+    pub completed_generation: Option<i64>,
+    /// The Failed or Cancelled request already reported as this object's error: the next
+    /// attempt (after the backoff, or an operator's retry) makes a new request instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_reported: Option<i64>,
 }
 
 /// Records an observation: there is nothing to enact for a dataset that exists; syncing it

@@ -4,13 +4,13 @@
 
 use super::archive::CalibrationMark;
 use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
-use crate::step::prelude::*;
+use crate::steps::prelude::*;
 
 /// Observation created or updated → its Ingestion exists and follows its generation.
-pub struct IngestObservation;
+pub struct DeriveIngestion;
 
 #[async_trait]
-impl ModelPolicy for IngestObservation {
+impl ModelPolicy for DeriveIngestion {
     type Model = Observation;
 
     fn name(&self) -> &str {
@@ -33,10 +33,10 @@ impl ModelPolicy for IngestObservation {
 /// Ingestion of VLA/ALMA science data completed → a Calibration exists; if the observation is
 /// not calibratable, no Calibration (an existing one is deleted) and the reason is recorded
 /// in the ingestion's status.
-pub struct CalibrateIngestion;
+pub struct DeriveCalibration;
 
 #[async_trait]
-impl ModelPolicy for CalibrateIngestion {
+impl ModelPolicy for DeriveCalibration {
     type Model = Ingestion;
 
     fn name(&self) -> &str {
@@ -81,10 +81,10 @@ impl ModelPolicy for CalibrateIngestion {
 
 /// An ALMA ASDM the source says is not calibratable → a CalibrationMark, so the archive
 /// records it too (`PUT …/calibration-status`).
-pub struct MarkUncalibratable;
+pub struct DeriveCalibrationMark;
 
 #[async_trait]
-impl ModelPolicy for MarkUncalibratable {
+impl ModelPolicy for DeriveCalibrationMark {
     type Model = Observation;
 
     fn name(&self) -> &str {
@@ -109,8 +109,8 @@ impl ModelPolicy for MarkUncalibratable {
 /// Registers the policies.
 pub fn register(registry: &mut Registry, _settings: &Settings) -> anyhow::Result<()> {
     registry
-        .policy(IngestObservation)
-        .policy(MarkUncalibratable)
-        .policy(CalibrateIngestion);
+        .policy(DeriveIngestion)
+        .policy(DeriveCalibrationMark)
+        .policy(DeriveCalibration);
     Ok(())
 }

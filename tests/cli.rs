@@ -106,6 +106,26 @@ fn bad_model_deps_fails_at_start_naming_the_kind() {
 }
 
 #[test]
+fn check_names_both_sides_when_model_deps_disagrees_with_a_model() {
+    let dir = shipped_dir();
+    let path = dir.path().join("model-deps.json");
+    let deps = std::fs::read_to_string(&path).unwrap().replace(
+        r#"["Observation", "observation", "ingestions"]"#,
+        r#"["Observation", "obs", "ingestions"]"#,
+    );
+    std::fs::write(&path, deps).unwrap();
+    let out = thalamus(dir.path(), &["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(
+            r#"model-deps.json and the Ingestion model disagree on its links: the file says [["Observation", "obs", "ingestions"]], the model (`LINKS` of its `impl Model` in steps/) says [["Observation", "observation", "ingestions"]]"#
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn read_commands_on_a_missing_database_say_what_to_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = thalamus(dir.path(), &["status"]);

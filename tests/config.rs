@@ -66,6 +66,25 @@ fn errors_name_the_key() {
             "sync:\n  lease_seconds: 10\n  step_timeout_seconds: 20\n",
             "`sync.lease_seconds` must be greater",
         ),
+        // The step modules' sections (declared in steps/) sit beside the controller's.
+        (
+            "sourcez:\n  vla: {}\n",
+            "unknown field `sourcez`, expected one of `database`, `model_deps`",
+        ),
+        (
+            "sourcez:\n  vla: {}\n",
+            "`sources`, `workspaces`, `archive`",
+        ),
+        ("sources:\n  vla:\n    pth: x\n", "unknown field `pth`"),
+        ("sources:\n  vla:\n    pth: x\n", "sources.vla"),
+        (
+            "sources:\n  vla:\n    poll_seconds: many\n",
+            "sources.vla.poll_seconds",
+        ),
+        (
+            "sources:\n  vla:\n    poll_seconds: 0\n",
+            "`sources.vla.poll_seconds` must be at least 1",
+        ),
     ];
     for (text, expected) in cases {
         let f = file(text);
@@ -77,6 +96,34 @@ fn errors_name_the_key() {
     let err = Settings::load_with_env(None, None, env(&[("THALAMUS__SYNC__PAGE_SIZE", "-1")]))
         .unwrap_err();
     assert!(err.to_string().contains("sync.page_size"), "{err}");
+    let err = Settings::load_with_env(
+        None,
+        None,
+        env(&[("THALAMUS__SOURCES__VLBA__POLL_SECONDS", "-1")]),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("sources.vlba.poll_seconds"),
+        "{err}"
+    );
+}
+
+#[test]
+fn step_sections_read_from_the_top_level_of_the_file() {
+    let f = file("sources:\n  vla:\n    path: /data/sdm\nworkspaces:\n  poll_seconds: 5\n");
+    let vars = env(&[("THALAMUS__ARCHIVE__URL", "https://archive.example/api")]);
+    let s = Settings::load_with_env(Some(f.path()), None, vars).unwrap();
+    assert_eq!(s.steps.sources.vla.path, std::path::Path::new("/data/sdm"));
+    assert_eq!(s.workspaces.poll_seconds, 5);
+    assert_eq!(s.archive.url, "https://archive.example/api");
+    assert!(s.sources.vlba.enabled, "defaults fill the rest");
+    // Written out, they are top-level sections again, and read back the same.
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["sources"]["vla"]["path"], "/data/sdm");
+    assert!(json.get("steps").is_none(), "{json}");
+    let again = file(&json.to_string());
+    let s2 = Settings::load_with_env(Some(again.path()), None, env(&[])).unwrap();
+    assert_eq!(serde_json::to_value(&s2).unwrap(), json);
 }
 
 #[test]

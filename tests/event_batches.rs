@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use thalamus::bus::AmqpSession;
 use thalamus::engine::Delivery;
-use thalamus::step::prelude::*;
+use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 fn message(payload: Vec<u8>, i: usize) -> Event {
@@ -59,8 +59,8 @@ async fn a_batch_is_applied_in_order_one_outcome_per_message(backend: Backend) {
     for n in [1, 2] {
         let ing = w.ingestion(n).await;
         assert_eq!(
-            ing.status.request.state.as_deref(),
-            Some("Complete"),
+            ing.status.request.state,
+            Some(RequestState::Complete),
             "obs{n}"
         );
     }
@@ -135,8 +135,8 @@ async fn a_model_that_does_not_decode_rejects_only_its_messages() {
         ["dead", "applied"]
     );
     assert_eq!(
-        w.ingestion(1).await.status.request.state.as_deref(),
-        Some("Complete")
+        w.ingestion(1).await.status.request.state,
+        Some(RequestState::Complete)
     );
 }
 
@@ -168,8 +168,8 @@ async fn all_stored(w: &World, in_order: bool) {
     }
     let r = w.ingestion(1).await.status.request;
     assert_eq!(
-        (r.state.as_deref(), r.updated_at.as_deref()),
-        (Some("Complete"), Some("2026-01-01T00:09:59Z"))
+        (r.state, r.updated_at.as_deref()),
+        (Some(RequestState::Complete), Some("2026-01-01T00:09:59Z"))
     );
 }
 
@@ -271,8 +271,8 @@ async fn a_status_changed_since_it_was_read_is_not_overwritten(backend: Backend)
     again.status.request.state = Some("Complete".into());
     assert_eq!(models.set_statuses(&[&again], true).await.unwrap(), 1);
     assert_eq!(
-        w.ingestion(1).await.status.request.state.as_deref(),
-        Some("Complete")
+        w.ingestion(1).await.status.request.state,
+        Some(RequestState::Complete)
     );
 }
 

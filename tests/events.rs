@@ -9,8 +9,8 @@ use common::status_world::*;
 use common::{Backend, T0};
 use thalamus::bus::{AmqpSession, KafkaSource};
 use thalamus::engine::Delivery;
-use thalamus::step::prelude::*;
 use thalamus::steps::models::Calibration;
+use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 async fn complete_message_enacts_without_waiting_for_the_poll(backend: Backend, transport: &str) {
@@ -18,8 +18,8 @@ async fn complete_message_enacts_without_waiting_for_the_poll(backend: Backend, 
     w.executing([7]).await;
     let ing = w.ingestion(7).await;
     assert_eq!(
-        (ing.enacted, ing.status.request.state.as_deref()),
-        (0, Some("Executing"))
+        (ing.enacted, ing.status.request.state),
+        (0, Some(RequestState::Executing))
     );
     // The manual clock never moves: the ingestion's next poll (in 600 s) never comes, so only
     // the event can finish it.
@@ -100,7 +100,7 @@ async fn duplicates_and_stale_states_change_nothing() {
         ]
     );
     let ing = w.ingestion(3).await;
-    assert_eq!(ing.status.request.state.as_deref(), Some("Complete"));
+    assert_eq!(ing.status.request.state, Some(RequestState::Complete));
     assert_eq!(
         ing.status.request.updated_at.as_deref(),
         Some("2026-01-01T00:00:03Z")
@@ -146,8 +146,8 @@ async fn poison_messages_never_stop_the_consumer(transport: &str) {
     assert_eq!(w.dead_letters().await, 1000);
     for n in 1..=10 {
         assert_eq!(
-            w.ingestion(n).await.status.request.state.as_deref(),
-            Some("Complete"),
+            w.ingestion(n).await.status.request.state,
+            Some(RequestState::Complete),
             "obs{n}"
         );
     }

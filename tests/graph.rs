@@ -1,8 +1,71 @@
-//! `model-deps.json` loading: the XOS format, and errors that name the culprit.
+//! `model-deps.json` loading: the XOS format, the links the models declare, and errors that
+//! name the culprit.
 
 use thalamus::graph::{DepGraph, GraphError};
+use thalamus::step::SyncKind;
+use thalamus::steps::models::{Calibration, Ingestion, Observation};
 
-const KINDS: &[&str] = &["Calibration", "Ingestion", "Observation"];
+const KINDS: &[SyncKind] = &[
+    SyncKind::named("Calibration"),
+    SyncKind::named("Ingestion"),
+    SyncKind::named("Observation"),
+];
+
+/// The shipped models, with the links they declare.
+const MODELS: &[SyncKind] = &[
+    SyncKind::of::<Calibration>(),
+    SyncKind::of::<Ingestion>(),
+    SyncKind::of::<Observation>(),
+];
+
+/// `deps` checked against the shipped models' links, as [`DepGraph::load`] does.
+fn load(deps: &str) -> Result<DepGraph, GraphError> {
+    let graph = DepGraph::parse("model-deps.json", deps, MODELS)?;
+    graph.check_links("model-deps.json", MODELS)?;
+    Ok(graph)
+}
+
+#[test]
+fn the_file_must_declare_the_links_the_models_declare() {
+    let agreed = r#"{ "Observation": [],
+                      "Ingestion":   [["Observation", "observation", "ingestions"]],
+                      "Calibration": [["Ingestion",   "ingestion",   "calibrations"]] }"#;
+    load(agreed).unwrap();
+    // Another field than the model's.
+    let err = load(
+        r#"{ "Ingestion":   [["Observation", "obs", "ingestions"]],
+             "Calibration": [["Ingestion",   "ingestion",   "calibrations"]] }"#,
+    )
+    .unwrap_err();
+    assert!(matches!(err, GraphError::Links { .. }));
+    assert_eq!(
+        err.to_string(),
+        "model-deps.json and the Ingestion model disagree on its links: \
+         the file says [[\"Observation\", \"obs\", \"ingestions\"]], \
+         the model (`LINKS` of its `impl Model` in steps/) says \
+         [[\"Observation\", \"observation\", \"ingestions\"]]"
+    );
+    // A link the file leaves out, and one the model does not declare.
+    let err = load(r#"{ "Ingestion": [["Observation", "observation", "ingestions"]] }"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("the Calibration model disagree on its links: the file says [],"),
+        "{err}"
+    );
+    let err = load(
+        r#"{ "Ingestion":   [["Observation", "observation", "ingestions"]],
+             "Calibration": [["Ingestion", "ingestion", "calibrations"],
+                             ["Observation", "observation", "calibrations"]] }"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("the Calibration model disagree"), "{err}");
+    assert!(
+        err.contains("says [[\"Ingestion\", \"ingestion\", \"calibrations\"]]"),
+        "{err}"
+    );
+}
 
 #[test]
 fn shipped_format_loads_in_dependency_order() {
@@ -75,4 +138,20 @@ fn malformed_files_say_what_was_expected() {
         err.starts_with("cannot read /nonexistent/model-deps.json"),
         "{err}"
     );
+}
+
+#[test]
+fn loading_the_file_checks_the_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model-deps.json");
+    let deps = r#"{ "Ingestion":   [["Observation", "obs", "ingestions"]],
+                    "Calibration": [["Ingestion", "ingestion", "calibrations"]] }"#;
+    std::fs::write(&path, deps).unwrap();
+    let err = DepGraph::load(&path, MODELS).unwrap_err().to_string();
+    assert!(
+        err.contains("model-deps.json and the Ingestion model disagree on its links"),
+        "{err}"
+    );
+    // Parsing alone checks the kinds only: tests and the bench build graphs of their own.
+    DepGraph::parse("model-deps.json", deps, MODELS).unwrap();
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::brokers::eventually;
 use common::source_world::World;
 use common::{logs, Backend, Harness, T0};
-use thalamus::step::prelude::*;
+use thalamus::steps::prelude::*;
 
 /// The scan's own `opendir`, `stat` and read of Main.xml (open, access, close-nowrite) are
 /// not changes: after polls over a watched dataset, the only hint is the sentinel's. inotify

@@ -9,8 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use common::source_world::World;
 use common::{logs, Backend, Harness, Runs};
-use thalamus::step::prelude::*;
 use thalamus::steps::models::{Instrument, Observation, Product};
+use thalamus::steps::prelude::*;
 
 /// A world whose datasets are marked complete (so they are taken on the first poll).
 async fn marked_world(backend: Backend) -> World {

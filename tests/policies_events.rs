@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::*;
 use thalamus::engine::EventReport;
-use thalamus::step::prelude::*;
 use thalamus::step::{Event, Transport};
+use thalamus::steps::prelude::*;
 
 /// Every Parent gets a Child `<key>-child` whose value follows the parent's.
 struct ChildPerParent;

@@ -11,7 +11,7 @@ use common::source_world::World;
 use common::workspaces_stub::Stub;
 use common::Backend;
 use thalamus::sources::ScannedFile;
-use thalamus::step::prelude::*;
+use thalamus::steps::prelude::*;
 use thalamus::store::{Db, Store};
 
 /// What the settle-state table holds: `name fingerprint since` per source and dataset.

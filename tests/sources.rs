@@ -9,8 +9,8 @@ use std::path::Path;
 use common::source_world::World;
 use common::{Backend, TestDb};
 use thalamus::clock::Clock;
-use thalamus::step::prelude::*;
 use thalamus::steps::models::{Calibration, CalibrationStatus, IngestionStatus, Observation};
+use thalamus::steps::prelude::*;
 use thalamus::store::{ListFilter, State};
 
 fn file_names(obs: &Obj<Observation>) -> Vec<String> {

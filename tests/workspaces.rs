@@ -22,8 +22,9 @@ use thalamus::graph::DepGraph;
 use thalamus::step::{Event, Registry, Transport};
 use thalamus::steps::archive::CalibrationMark;
 use thalamus::steps::models::{DataFile, Instrument, Observation, Product};
+use thalamus::steps::workspaces::Target;
 use thalamus::store::ObjectRow;
-use thalamus::workspaces::{Secret, Target};
+use thalamus::workspaces::Secret;
 
 const DOMAIN_DEPS: &str = r#"{ "Ingestion":   [["Observation", "observation", "ingestions"]],
                                "Calibration": [["Ingestion",   "ingestion",   "calibrations"]] }"#;
@@ -117,12 +118,11 @@ impl World {
 
 async fn engine(db: &TestDb, s: &Settings, clock: &ManualClock) -> Engine {
     let mut registry = Registry::new();
-    use thalamus::steps::{archive, calibrate, events, ingest, models, policies};
+    use thalamus::steps::{archive, events, models, policies, workspaces};
     for register in [
         models::register,
         policies::register,
-        ingest::register,
-        calibrate::register,
+        workspaces::register,
         archive::register,
         events::register,
     ] {

@@ -9,7 +9,7 @@ use futures::FutureExt as _;
 use tracing::warn;
 
 use super::Engine;
-use crate::step::PolicyEvent;
+use crate::step::PolicyHook;
 use crate::store::{NewExecution, Outcome};
 
 /// What one policy pass did.
@@ -50,9 +50,9 @@ impl Engine {
                     continue;
                 };
                 let event = match (row.deleted_at, row.policed) {
-                    (Some(_), _) => PolicyEvent::Delete,
-                    (None, 0) => PolicyEvent::Create,
-                    (None, _) => PolicyEvent::Update,
+                    (Some(_), _) => PolicyHook::Delete,
+                    (None, 0) => PolicyHook::Create,
+                    (None, _) => PolicyHook::Update,
                 };
                 let mut ok = true;
                 for policy in policies {

@@ -1,13 +1,12 @@
 //! Building blocks for pull steps that watch data sources: the NFS-safe dataset scanner with
-//! its settle window, the inotify hint, and the `sources.*` settings.
+//! its settle window, and the inotify hint. Where each source is (`sources.*`) is the step
+//! modules' business.
 
 mod refused;
 mod scan;
-mod settings;
 mod settle;
 mod watch;
 
 pub use scan::{scan_root, DatasetScan, ScannedFile};
-pub use settings::{AlmaSettings, DirectorySettings, SourcesSettings, VlaSettings};
 pub use settle::{SettleChanges, Settler};
 pub use watch::Hint;

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 
 use super::model::{Model, Obj};
 use crate::clock::Clock;
-use crate::sources::SettleChanges;
 use crate::store::{Change, ObjectRow, SettleRecord, SpecChange, StatusWrite, Store, StoreError};
 
 /// Typed read/write access to models, for pull steps, policies and event steps.
@@ -91,20 +90,22 @@ impl Models {
     }
 
     /// What the filesystem source `source` recorded of its datasets' settle windows, so a
-    /// restarted process resumes them (see [`crate::sources::Settler::restore`]).
+    /// restarted process resumes them.
     pub async fn settle_state(&self, source: &str) -> anyhow::Result<Vec<SettleRecord>> {
         Ok(self.store.settle_state(source).await?)
     }
 
-    /// Stores what changed in `source`'s settle windows since the last save.
+    /// Stores what changed in `source`'s settle windows since the last save: datasets
+    /// `changed` (first seen, or seen with other files) and datasets `vanished`.
     pub async fn save_settle_state(
         &self,
         source: &str,
-        changes: &SettleChanges,
+        changed: &[SettleRecord],
+        vanished: &[String],
     ) -> anyhow::Result<()> {
         Ok(self
             .store
-            .save_settle_state(source, &changes.changed, &changes.vanished)
+            .save_settle_state(source, changed, vanished)
             .await?)
     }
 

@@ -1,6 +1,7 @@
-//! The step contract: the traits developers implement in `steps/` and the [`prelude`] they
-//! import. Sync steps converge the world to a model's spec; pull steps upsert desired state
-//! from sources; policies derive models from models; event steps absorb feedback.
+//! The step contract: the traits developers implement in `steps/`, the models they work on
+//! and the registry they register with. Sync steps converge the world to a model's spec; pull
+//! steps upsert desired state from sources; policies derive models from models; event steps
+//! absorb feedback. Steps import it through `crate::steps::prelude`.
 
 mod context;
 mod model;
@@ -8,31 +9,14 @@ mod registry;
 mod traits;
 
 pub use context::{Models, StepContext, Undecodable};
-pub use model::{Model, Obj};
-pub use registry::{Registry, StepModule};
+pub use model::{Link, Model, Obj};
+pub use registry::{Registry, SyncKind};
 pub use traits::{
     handle_each, Event, EventError, EventOutcome, EventStep, ModelPolicy, Progress, PullReport,
     PullStep, StepError, StepResult, SyncStep, Transport,
 };
 
-pub(crate) use registry::{Op, PolicyEvent};
+pub(crate) use registry::Op;
 
-/// Everything a step module needs: `use crate::step::prelude::*;`.
-pub mod prelude {
-    pub use super::{
-        handle_each, Event, EventError, EventOutcome, EventStep, Model, ModelPolicy, Models, Obj,
-        Progress, PullReport, PullStep, Registry, StepContext, StepError, StepResult, SyncStep,
-        Transport, Undecodable,
-    };
-    pub use crate::config::Settings;
-    pub use crate::sources::{scan_root, AlmaSettings, DatasetScan, Hint, SettleChanges, Settler};
-    pub use crate::store::Change;
-    pub use crate::workspaces::{
-        configured, ArchiveClient, CalibrationTargets, IngestionTargets, RequestStatus, Target,
-        WorkspacesClient,
-    };
-    pub use anyhow::{anyhow, bail, Context as _};
-    pub use async_trait::async_trait;
-    pub use serde::{Deserialize, Serialize};
-    pub use std::time::Duration;
-}
+/// Which policy hook runs for a changed object (create, update or delete).
+pub(crate) use registry::PolicyHook;

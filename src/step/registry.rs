@@ -6,15 +6,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::context::{typed, Models, StepContext};
-use super::model::Model;
+use super::model::{Link, Model};
 use super::traits::{EventStep, ModelPolicy, PullStep, StepError, StepResult, SyncStep};
 use crate::store::ObjectRow;
-
-/// A module in `steps/`: its file name and the function that registers its steps.
-pub type StepModule = (
-    &'static str,
-    fn(&mut Registry, &crate::config::Settings) -> anyhow::Result<()>,
-);
 
 /// Every step the engine runs, collected by `steps::register`.
 #[derive(Default, Clone)]
@@ -64,9 +58,9 @@ impl Registry {
         self
     }
 
-    /// Kinds that have a sync step.
-    pub fn sync_kinds(&self) -> Vec<&str> {
-        self.sync.keys().map(String::as_str).collect()
+    /// Kinds that have a sync step, each with the links its model declares, by name.
+    pub fn sync_kinds(&self) -> Vec<SyncKind> {
+        self.sync.values().map(|step| step.kind()).collect()
     }
 
     /// Names of the registered pull steps.
@@ -88,6 +82,37 @@ impl Registry {
     }
 }
 
+/// A kind that has a sync step, and the links its model declares ([`Model::LINKS`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncKind {
+    /// The kind's name ([`Model::KIND`]).
+    pub name: &'static str,
+    /// The links its model declares.
+    pub links: &'static [Link],
+}
+
+impl SyncKind {
+    /// Model `M`'s kind and links.
+    pub const fn of<M: Model>() -> Self {
+        Self {
+            name: M::KIND,
+            links: M::LINKS,
+        }
+    }
+
+    /// A kind known by name only, declaring no links (graphs built in tests).
+    pub const fn named(name: &'static str) -> Self {
+        Self { name, links: &[] }
+    }
+}
+
+/// The kind's name.
+impl std::fmt::Display for SyncKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name)
+    }
+}
+
 /// Which half of a sync step runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Op {
@@ -95,14 +120,14 @@ pub(crate) enum Op {
     Delete,
 }
 
-/// A stored object handed to a type-erased step.
-pub(crate) type RawObject = ObjectRow;
-
 /// A sync step with its model type erased, so the engine can hold every kind in one map.
 #[async_trait]
 pub(crate) trait DynSync: Send + Sync {
+    /// The kind this step syncs, and its model's links.
+    fn kind(&self) -> SyncKind;
+
     /// Runs `sync` or `delete`; returns the outcome and the status JSON, if the step changed it.
-    async fn run(&self, op: Op, row: &RawObject, ctx: &StepContext)
+    async fn run(&self, op: Op, row: &ObjectRow, ctx: &StepContext)
         -> (StepResult, Option<String>);
 }
 
@@ -110,10 +135,14 @@ struct TypedSync<S>(S);
 
 #[async_trait]
 impl<S: SyncStep> DynSync for TypedSync<S> {
+    fn kind(&self) -> SyncKind {
+        SyncKind::of::<S::Model>()
+    }
+
     async fn run(
         &self,
         op: Op,
-        row: &RawObject,
+        row: &ObjectRow,
         ctx: &StepContext,
     ) -> (StepResult, Option<String>) {
         let mut obj = match typed::<S::Model>(row) {
@@ -136,9 +165,9 @@ impl<S: SyncStep> DynSync for TypedSync<S> {
     }
 }
 
-/// Which policy hook runs.
+/// Which policy hook runs: the object was created, updated or deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum PolicyEvent {
+pub(crate) enum PolicyHook {
     Create,
     Update,
     Delete,
@@ -148,8 +177,7 @@ pub(crate) enum PolicyEvent {
 #[async_trait]
 pub(crate) trait DynPolicy: Send + Sync {
     fn name(&self) -> &str;
-    async fn run(&self, event: PolicyEvent, row: &RawObject, models: &Models)
-        -> anyhow::Result<()>;
+    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()>;
 }
 
 struct TypedPolicy<P>(P);
@@ -160,17 +188,12 @@ impl<P: ModelPolicy> DynPolicy for TypedPolicy<P> {
         self.0.name()
     }
 
-    async fn run(
-        &self,
-        event: PolicyEvent,
-        row: &RawObject,
-        models: &Models,
-    ) -> anyhow::Result<()> {
+    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()> {
         let obj = typed::<P::Model>(row)?;
-        match event {
-            PolicyEvent::Create => self.0.handle_create(&obj, models).await,
-            PolicyEvent::Update => self.0.handle_update(&obj, models).await,
-            PolicyEvent::Delete => self.0.handle_delete(&obj, models).await,
+        match hook {
+            PolicyHook::Create => self.0.handle_create(&obj, models).await,
+            PolicyHook::Update => self.0.handle_update(&obj, models).await,
+            PolicyHook::Delete => self.0.handle_delete(&obj, models).await,
         }
     }
 }

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use super::http::{CallError, Http};
-use super::settings::ArchiveSettings;
+use super::settings::Endpoint;
 
 /// Talks to the archive; cheap to clone, and every clone shares one rate limit.
 #[derive(Clone)]
@@ -13,16 +13,10 @@ pub struct ArchiveClient {
 }
 
 impl ArchiveClient {
-    /// A client configured from `archive.*`.
-    pub fn new(settings: &ArchiveSettings) -> anyhow::Result<Self> {
+    /// A client of the archive at `endpoint`.
+    pub fn new(endpoint: &Endpoint) -> anyhow::Result<Self> {
         Ok(Self {
-            http: std::sync::Arc::new(Http::new(
-                "the archive",
-                &settings.url,
-                settings.token.as_ref(),
-                settings.timeout_seconds,
-                settings.requests_per_second,
-            )?),
+            http: std::sync::Arc::new(Http::new("the archive", endpoint)?),
         })
     }
 

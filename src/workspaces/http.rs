@@ -12,8 +12,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::settings::Secret;
-use crate::step::StepError;
+use super::settings::Endpoint;
 
 /// Longest piece of a response body quoted in an error, so an HTML error page cannot flood
 /// `backend_status`.
@@ -28,16 +27,6 @@ pub enum CallError {
     Rejected { status: StatusCode, message: String },
 }
 
-/// Transient failures are retried with backoff; refusals stop until the spec changes.
-impl From<CallError> for StepError {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Transient(e) => StepError::Transient(e),
-            CallError::Rejected { message, .. } => StepError::Permanent(message),
-        }
-    }
-}
-
 /// One REST service: base URL, client with timeouts and token, and its rate limiter.
 pub(crate) struct Http {
     client: reqwest::Client,
@@ -49,28 +38,23 @@ pub(crate) struct Http {
 }
 
 impl Http {
-    /// A client for the service at `url`; calls share a limiter with every other client of the
-    /// same URL in this process.
-    pub(crate) fn new(
-        service: &'static str,
-        url: &str,
-        token: Option<&Secret>,
-        timeout_seconds: u64,
-        requests_per_second: f64,
-    ) -> anyhow::Result<Self> {
+    /// A client for the service at `endpoint`; calls share a limiter with every other client
+    /// of the same URL in this process.
+    pub(crate) fn new(service: &'static str, endpoint: &Endpoint) -> anyhow::Result<Self> {
+        let url = endpoint.url.as_str();
         let base = Url::parse(url).with_context(|| format!("{service} URL {url} is not valid"))?;
         anyhow::ensure!(
             !base.cannot_be_a_base(),
             "{service} URL {url} cannot have paths appended"
         );
         let mut headers = HeaderMap::new();
-        if let Some(token) = token {
+        if let Some(token) = &endpoint.token {
             let mut value = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
                 .map_err(|_| anyhow!("the {service} token is not valid in an HTTP header"))?;
             value.set_sensitive(true);
             headers.insert(AUTHORIZATION, value);
         }
-        let timeout = Duration::from_secs(timeout_seconds);
+        let timeout = Duration::from_secs(endpoint.timeout_seconds);
         let client = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(timeout)
@@ -83,7 +67,7 @@ impl Http {
             base,
             service,
             timeout,
-            limiter: RateLimiter::shared(url, requests_per_second),
+            limiter: RateLimiter::shared(url, endpoint.requests_per_second),
         })
     }
 

@@ -1,7 +1,7 @@
-//! Clients for the services sync steps act on: Workspaces (capability and workflow requests,
-//! with the create → submit → track cycle steps share) and the archive's REST API. Both share
-//! one HTTP layer: timeouts and a bearer token from config, an outbound rate limit, and 5xx or
-//! timeouts as transient failures but other 4xx as permanent ones that quote the answer.
+//! Clients for the REST services sync steps act on: Workspaces (capability and workflow
+//! requests) and the archive. Both share one HTTP layer: timeouts and a bearer token from an
+//! [`Endpoint`], an outbound rate limit, and 5xx or timeouts as transient failures but other
+//! 4xx as refusals that quote the answer. What to ask for, and when, is the steps' business.
 
 mod archive;
 mod client;
@@ -10,9 +10,7 @@ mod request;
 mod settings;
 
 pub use archive::ArchiveClient;
-pub use client::{configured, WorkspacesClient, WorkspacesRequest};
+pub use client::{Service, WorkspacesClient};
 pub use http::CallError;
-pub use request::RequestStatus;
-pub use settings::{
-    ArchiveSettings, CalibrationTargets, IngestionTargets, Secret, Target, WorkspacesSettings,
-};
+pub use request::{RequestState, WorkspacesRequest};
+pub use settings::{Endpoint, EndpointKeys, Secret};

@@ -7,8 +7,8 @@ use thalamus::bus::EventsSettings;
 use thalamus::clock::ManualClock;
 use thalamus::engine::Engine;
 use thalamus::graph::DepGraph;
-use thalamus::step::prelude::*;
 use thalamus::steps::models::{Ingestion, Instrument, Observation, Product};
+use thalamus::steps::prelude::*;
 use thalamus::store::{ListFilter, State};
 
 use super::{TestDb, T0};

@@ -9,8 +9,8 @@ use thalamus::clock::ManualClock;
 use thalamus::config::Settings;
 use thalamus::engine::Engine;
 use thalamus::graph::DepGraph;
-use thalamus::step::prelude::*;
 use thalamus::steps::models::{Calibration, Ingestion, Observation};
+use thalamus::steps::prelude::*;
 use thalamus::store::{ListFilter, ObjectSummary};
 
 use super::{Backend, TestDb, T0};
@@ -161,7 +161,7 @@ async fn engine(db: &TestDb, s: &Settings, clock: &ManualClock) -> Engine {
     thalamus::app::registry(s).unwrap(); // the shipped registration must accept these settings
     let shipped = thalamus::steps::MODULES
         .iter()
-        .filter(|(name, _)| !["ingest", "calibrate"].contains(name));
+        .filter(|(name, _)| *name != "workspaces");
     for (_, register) in shipped {
         register(&mut registry, s).unwrap();
     }

@@ -7,8 +7,8 @@ use thalamus::bus::EventsSettings;
 use thalamus::clock::ManualClock;
 use thalamus::engine::Engine;
 use thalamus::graph::DepGraph;
-use thalamus::step::prelude::*;
 use thalamus::steps::models::{Calibration, Ingestion};
+use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
 use super::brokers::{ensure_kafka, events};
@@ -31,7 +31,7 @@ impl SyncStep for FakeIngest {
             .parse()
             .context("test keys are VLA/obsN")?;
         let r = &mut obj.status.request;
-        if r.state.as_deref() == Some("Complete") {
+        if r.state == Some(RequestState::Complete) {
             r.completed_generation = Some(obj.generation);
             return Ok(Progress::Done);
         }

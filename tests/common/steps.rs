@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use thalamus::step::prelude::*;
+use thalamus::steps::prelude::*;
 
 /// Observed status the test step keeps: how often it ran.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

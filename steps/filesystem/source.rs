@@ -1,19 +1,19 @@
-//! Filesystem pull steps: VLA SDMs (with their BDFs) and VLBA correlator output. Each
-//! settled dataset directory becomes an Observation; see `crate::sources` for the settle rules.
+//! A directory whose immediate subdirectories are datasets, polled as a pull step: each
+//! settled dataset becomes an Observation; see `crate::sources` for the settle rules.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
 
-use super::models::{DataFile, Instrument, Observation, Product};
-use crate::step::prelude::*;
+use crate::steps::models::{DataFile, Instrument, Observation, Product};
+use crate::steps::prelude::*;
 
 /// Observations are upserted in batches of this many datasets.
 const BATCH: usize = 100;
 
 /// How a source finds files that belong to a dataset but live outside its directory.
-type ExtraFiles = dyn Fn(&DatasetScan) -> std::io::Result<Vec<PathBuf>> + Send + Sync;
+pub(super) type ExtraFiles = dyn Fn(&DatasetScan) -> std::io::Result<Vec<PathBuf>> + Send + Sync;
 
 /// A directory whose immediate subdirectories are datasets.
 pub struct DirectorySource {
@@ -37,17 +37,18 @@ pub struct DirectorySource {
 }
 
 /// Where a directory source looks and how patiently.
-struct Layout {
-    root: PathBuf,
+pub(super) struct Layout {
+    pub root: PathBuf,
     /// Directories whose changes hint that a poll is due (the root, and BDFs for VLA).
-    watch: Vec<PathBuf>,
-    marker: Option<String>,
-    poll_seconds: u64,
-    settle_seconds: u64,
+    pub watch: Vec<PathBuf>,
+    pub marker: Option<String>,
+    pub poll_seconds: u64,
+    pub settle_seconds: u64,
 }
 
 impl DirectorySource {
-    fn new(
+    /// A source named `name` whose datasets are `instrument`'s `product`.
+    pub(super) fn new(
         name: &'static str,
         instrument: Instrument,
         product: Product,
@@ -100,7 +101,10 @@ impl DirectorySource {
         if changes.is_empty() {
             return Ok(());
         }
-        match models.save_settle_state(self.name, &changes).await {
+        match models
+            .save_settle_state(self.name, &changes.changed, &changes.vanished)
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) => {
                 self.settler().requeue(changes);
@@ -260,78 +264,5 @@ async fn upsert(
         }
     }
     batch.clear();
-    Ok(())
-}
-
-/// The BDF files an SDM references in its Main.xml (`uid:///evla/bdf/N` is stored as
-/// `uid____evla_bdf_N` under the BDF directory).
-pub fn referenced_bdfs(sdm: &Path, bdf_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let main = match std::fs::read_to_string(sdm.join("Main.xml")) {
-        Ok(text) => text,
-        // No Main.xml yet: the SDM is still being written; its tables are all we know.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    let mut rest = main.as_str();
-    while let Some(at) = rest.find("uid://") {
-        let uid: String = rest[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '/' | '_' | '.' | '-'))
-            .collect();
-        rest = &rest[at + uid.len().max(1)..];
-        if uid.contains("/bdf/") {
-            out.push(bdf_dir.join(uid.replace([':', '/'], "_")));
-        }
-    }
-    out.sort();
-    out.dedup();
-    Ok(out)
-}
-
-/// Registers the VLA and VLBA directory sources that are enabled.
-pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
-    let vla = &settings.sources.vla;
-    if vla.enabled {
-        let bdf_dir = vla.bdf_path.clone();
-        let extra: Arc<ExtraFiles> = Arc::new(move |scan: &DatasetScan| match &bdf_dir {
-            Some(dir) => referenced_bdfs(&scan.dir, dir),
-            None => Ok(Vec::new()),
-        });
-        let mut watch = vec![vla.path.clone()];
-        watch.extend(vla.bdf_path.clone());
-        let layout = Layout {
-            root: vla.path.clone(),
-            watch,
-            marker: vla.marker_file.clone(),
-            poll_seconds: vla.poll_seconds,
-            settle_seconds: vla.settle_seconds,
-        };
-        registry.pull(DirectorySource::new(
-            "vla",
-            Instrument::VLA,
-            Product::Sdm,
-            layout,
-            extra,
-        ));
-    }
-    let vlba = &settings.sources.vlba;
-    if vlba.enabled {
-        let layout = Layout {
-            root: vlba.path.clone(),
-            watch: vec![vlba.path.clone()],
-            marker: vlba.marker_file.clone(),
-            poll_seconds: vlba.poll_seconds,
-            settle_seconds: vlba.settle_seconds,
-        };
-        let no_extra: Arc<ExtraFiles> = Arc::new(|_: &DatasetScan| Ok(Vec::new()));
-        registry.pull(DirectorySource::new(
-            "vlba",
-            Instrument::VLBA,
-            Product::CorrelatorOutput,
-            layout,
-            no_extra,
-        ));
-    }
     Ok(())
 }

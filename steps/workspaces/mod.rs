@@ -1,0 +1,108 @@
+//! What Workspaces is asked to do: ingest an observation, with the capability or workflow
+//! `workspaces.ingestion` names for its instrument, and calibrate an ingested dataset, with
+//! the one `workspaces.calibration` names; each exactly once per generation, followed until
+//! the request is Complete.
+
+mod requests;
+mod settings;
+
+pub use requests::Requests;
+pub use settings::{configured, CalibrationTargets, IngestionTargets, Target, WorkspacesSettings};
+
+use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
+use crate::steps::prelude::*;
+
+/// Creates, submits and tracks the Workspaces request that ingests one observation.
+pub struct RequestIngestion {
+    requests: Requests,
+    targets: IngestionTargets,
+}
+
+impl RequestIngestion {
+    /// The configured capability or workflow for this data, or a permanent error naming the
+    /// key to set.
+    fn target(&self, instrument: Instrument, product: Product) -> Result<&Target, StepError> {
+        let t = &self.targets;
+        let (target, key) = match (instrument, product) {
+            (Instrument::ALMA, Product::Calibration) => {
+                (&t.alma_calibration, "workspaces.ingestion.alma_calibration")
+            }
+            (Instrument::VLA, _) => (&t.vla, "workspaces.ingestion.vla"),
+            (Instrument::ALMA, _) => (&t.alma, "workspaces.ingestion.alma"),
+            (Instrument::VLBA, _) => (&t.vlba, "workspaces.ingestion.vlba"),
+        };
+        configured(
+            target,
+            key,
+            &format!("ingests {} data", instrument.as_str()),
+        )
+    }
+}
+
+#[async_trait]
+impl SyncStep for RequestIngestion {
+    type Model = Ingestion;
+
+    async fn sync(&self, obj: &mut Obj<Ingestion>, ctx: &StepContext) -> StepResult {
+        let target = self.target(obj.spec.instrument, obj.spec.product)?;
+        let observation = ctx
+            .get::<Observation>(&obj.spec.observation)
+            .await?
+            .ok_or_else(|| anyhow!("Observation {} does not exist", obj.spec.observation))?
+            .spec;
+        let parameters = serde_json::json!({
+            "location": observation.location,
+            "files": observation.files,
+            "name": observation.name,
+            "instrument": observation.instrument,
+            "product": observation.product,
+        });
+        self.requests
+            .reconcile(target, &parameters, obj, |s| &mut s.request)
+            .await
+    }
+}
+
+/// Creates, submits and tracks the Workspaces request that calibrates one dataset.
+pub struct RequestCalibration {
+    requests: Requests,
+    targets: CalibrationTargets,
+}
+
+#[async_trait]
+impl SyncStep for RequestCalibration {
+    type Model = Calibration;
+
+    async fn sync(&self, obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
+        let instrument = obj.spec.instrument;
+        let (target, key) = match instrument {
+            Instrument::VLA => (&self.targets.vla, "workspaces.calibration.vla"),
+            Instrument::ALMA => (&self.targets.alma, "workspaces.calibration.alma"),
+            Instrument::VLBA => (&None, "workspaces.calibration"),
+        };
+        let work = format!("calibrates {} data", instrument.as_str());
+        let target = configured(target, key, &work)?;
+        let parameters = serde_json::json!({
+            "name": obj.spec.name,
+            "instrument": instrument,
+        });
+        self.requests
+            .reconcile(target, &parameters, obj, |s| &mut s.request)
+            .await
+    }
+}
+
+/// Registers the Ingestion and Calibration sync steps, talking to `workspaces.url`.
+pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<()> {
+    let workspaces = &settings.workspaces;
+    let requests = Requests::new(workspaces)?;
+    registry.sync(RequestIngestion {
+        requests: requests.clone(),
+        targets: workspaces.ingestion.clone(),
+    })?;
+    registry.sync(RequestCalibration {
+        requests,
+        targets: workspaces.calibration.clone(),
+    })?;
+    Ok(())
+}
