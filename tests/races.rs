@@ -12,7 +12,7 @@ use common::brokers::eventually;
 use common::gate::Gate;
 use common::*;
 use thalamus::config::Settings;
-use thalamus::store::Change;
+use thalamus::store::{Change, Open, Store};
 
 /// Replicas with a short lease: a step times out after 5 s, a lease lasts 6 s.
 fn short_lease(s: &mut Settings) {
@@ -219,7 +219,34 @@ async fn outcomes_are_stored_while_the_round_still_runs(backend: Backend) {
     assert_eq!(pass.await.unwrap().unwrap().synced, keys.len());
 }
 
+/// Steps that read the store keep running while the round writes outcomes: a step holding the
+/// one SQLite connection mid-read must be able to finish and hand it back, or the write waits
+/// for it until the pool gives up (30 s by default; `run --once` stalled so). With a store
+/// that gives up after 2 s, no store call of the round may fail.
+async fn steps_using_the_store_never_stall_the_round(backend: Backend) {
+    let h = Harness::with(backend, |s| s.sync.concurrency = 16, |_, _| {}).await;
+    let url = h.db.url.clone();
+    let store = Store::connect_with_timeout(&url, 4, Open::Existing, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let engine = h.engine_on(store, "reader", |s| s.sync.concurrency = 16);
+    let keys: Vec<String> = (0..200).map(|i| format!("p{i:03}")).collect();
+    for key in &keys {
+        h.script.set(key, Act::Reads(20));
+    }
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    upsert_parents(&h, &refs).await;
+    let report = engine.run_once().await.unwrap();
+    assert_eq!(report.sync.synced, keys.len());
+    assert_eq!(
+        engine.store_health().failures(),
+        0,
+        "a store call of the round waited for a connection a paused step held"
+    );
+}
+
 both_backends!(
+    steps_using_the_store_never_stall_the_round,
     a_step_starts_only_under_a_lease_that_outlives_its_timeout,
     an_outcome_under_a_lost_lease_writes_nothing,
     a_status_event_during_a_step_is_never_lost,

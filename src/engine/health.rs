@@ -2,6 +2,7 @@
 //! and once when it ends, however many passes, flushes and polls fail in between, and the
 //! operator surface can tell since when the store has been failing.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use tracing::{debug, info, warn};
@@ -11,6 +12,8 @@ use tracing::{debug, info, warn};
 pub struct StoreHealth {
     /// Since when (epoch ms) the store has been failing, and the first error seen.
     failing: Mutex<Option<(i64, String)>>,
+    /// Store calls of the loops that failed since start.
+    failures: AtomicU64,
 }
 
 impl StoreHealth {
@@ -19,8 +22,14 @@ impl StoreHealth {
         self.lock().as_ref().map(|(since, _)| *since)
     }
 
+    /// How many of the loops' store calls have failed since start.
+    pub fn failures(&self) -> u64 {
+        self.failures.load(Ordering::Relaxed)
+    }
+
     /// Records that `what` failed at `now`; logs a warning only if this starts an outage.
     pub fn failed(&self, now: i64, what: &str, error: &anyhow::Error) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         let mut failing = self.lock();
         match &*failing {
             None => {

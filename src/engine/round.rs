@@ -18,7 +18,9 @@ use super::outcome::{self, cause, Ended, MIN_DELAY_MS};
 use super::report::SyncReport;
 use super::Engine;
 use crate::step::{Op, StepContext, StepError, StepResult};
-use crate::store::{NewExecution, ObjectRow, Outcome, OutcomeRecord, Settled};
+use crate::store::{
+    NewExecution, ObjectRow, Outcome, OutcomeRecord, Settled, Settlement, StoreError,
+};
 
 /// An outcome reaches the store at most this long after its step finished (store willing).
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -89,6 +91,22 @@ type Running = Pin<
     Box<dyn std::future::Future<Output = (usize, Result<TaskOutput, Box<dyn Any + Send>>)> + Send>,
 >;
 
+/// What a store call made while the round's steps keep running came back with.
+enum Done {
+    /// The outcomes handed to the store, and what it did with them.
+    Settled(Vec<OutcomeRecord>, Result<Settlement, StoreError>),
+    /// The leases were to last until `until`; the ids still held.
+    Extended {
+        until: i64,
+        held: Result<Vec<i64>, StoreError>,
+    },
+}
+
+/// A store call in flight. The round keeps polling its running steps meanwhile: a step that
+/// holds a connection (SQLite has one) must be able to finish and give it back, or the call
+/// would wait for it until the pool times out.
+type Call = Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
 /// The state of one round while it runs.
 pub(super) struct Round<'e> {
     engine: &'e Engine,
@@ -105,6 +123,8 @@ pub(super) struct Round<'e> {
     retry_wait: Duration,
     /// When running steps are abandoned after a shutdown request.
     grace_until: Option<Instant>,
+    /// Leases are being extended: no step starts until they are.
+    extending: bool,
 }
 
 impl<'e> Round<'e> {
@@ -120,6 +140,7 @@ impl<'e> Round<'e> {
             retry: None,
             retry_wait: Duration::ZERO,
             grace_until: None,
+            extending: false,
         }
     }
 
@@ -137,12 +158,14 @@ impl<'e> Round<'e> {
         // its hand-over cost more than a quick step itself. Steps must not block (see
         // steps/README.md); a panic is caught and isolated to its object.
         let mut tasks: FuturesUnordered<Running> = FuturesUnordered::new();
+        let mut call: Option<Call> = None;
         loop {
-            if self.grace_until.is_none() {
-                self.start_ready(&mut ready, &mut tasks).await;
+            if self.grace_until.is_none() && !self.extending {
+                let extend = self.start_ready(&mut ready, &mut tasks, call.is_none());
+                call = call.or(extend);
             }
             let stuck = self.grace_until.is_some() || ready.is_empty();
-            if tasks.is_empty() && stuck {
+            if tasks.is_empty() && stuck && call.is_none() {
                 break;
             }
             let timer = self.timer();
@@ -152,9 +175,13 @@ impl<'e> Round<'e> {
                     if self.finish(i, output) {
                         ready.extend(self.release_dependents(i));
                     }
-                    if self.pending.len() >= FLUSH_AT && self.retry.is_none() {
-                        self.flush().await;
+                    if self.pending.len() >= FLUSH_AT && self.retry.is_none() && call.is_none() {
+                        call = self.begin_settle();
                     }
+                }
+                done = in_flight(&mut call), if call.is_some() => {
+                    call = None;
+                    self.end_call(done);
                 }
                 _ = e.shutdown.cancelled(), if self.grace_until.is_none() => {
                     let secs = e.settings.sync.shutdown_grace_seconds;
@@ -166,15 +193,20 @@ impl<'e> Round<'e> {
                     drop(std::mem::take(&mut tasks));
                     break;
                 }
-                _ = sleep_until(timer), if timer.is_some() => {
+                _ = sleep_until(timer), if timer.is_some() && call.is_none() => {
                     if self.pending.is_empty() {
                         // Nothing to write: let the next start try the store again.
                         self.retry = None;
                     } else {
-                        self.flush().await;
+                        call = self.begin_settle();
                     }
                 }
             }
+        }
+        // No step runs any more: what is in flight can be awaited alone.
+        if let Some(call) = call.take() {
+            let done = call.await;
+            self.end_call(done);
         }
         for i in 0..self.nodes.len() {
             if !self.nodes[i].settled {
@@ -192,12 +224,14 @@ impl<'e> Round<'e> {
     }
 
     /// Starts ready nodes up to the concurrency bound, each under a lease that outlives its
-    /// timeout (extending the round's leases first when they are too short).
-    async fn start_ready(
+    /// timeout. When the leases are too short it starts nothing and returns the call that
+    /// extends them (if no other store call is in flight: `may_call`).
+    fn start_ready(
         &mut self,
         ready: &mut VecDeque<usize>,
         tasks: &mut FuturesUnordered<Running>,
-    ) {
+        may_call: bool,
+    ) -> Option<Call> {
         let concurrency = self.engine.settings.sync.concurrency;
         while tasks.len() < concurrency && self.retry.is_none() {
             let Some(&i) = ready.front() else { break };
@@ -215,14 +249,14 @@ impl<'e> Round<'e> {
                 Job::Run(op) => op,
             };
             if !self.lease_covers_a_step() {
-                self.extend_leases().await;
-                continue; // the node may have been lost, or the store may be failing
+                return may_call.then(|| self.begin_extend());
             }
             ready.pop_front();
             self.nodes[i].running = true;
             let step = AssertUnwindSafe(self.start(i, op)).catch_unwind();
             tasks.push(Box::pin(step.map(move |output| (i, output))));
         }
+        None
     }
 
     /// Whether the round's leases last long enough for a step started now to time out and
@@ -234,10 +268,8 @@ impl<'e> Round<'e> {
         self.lease_until - self.engine.clock.now_ms() >= timeout_ms + slack
     }
 
-    /// Extends the leases of every object of the round not yet written. An object whose
-    /// lease another holder took over meanwhile (this process stalled past it) is dropped
-    /// from the round unrun: that holder runs it.
-    async fn extend_leases(&mut self) {
+    /// The call that extends the leases of every object of the round not yet written.
+    fn begin_extend(&mut self) -> Call {
         let e = self.engine;
         let now = e.clock.now_ms();
         let until = now.saturating_add(e.settings.sync.lease_ms());
@@ -248,14 +280,65 @@ impl<'e> Round<'e> {
             .map(|n| n.row.id)
             .chain(self.pending.iter().map(|r| r.id))
             .collect();
-        match e
-            .store
-            .timed(e.store.extend_leases(e.holder(), &ids, until))
-            .await
-        {
-            Ok(held) => {
-                e.health.answered(now);
-                self.retry_wait = Duration::ZERO;
+        self.extending = true;
+        let (store, holder) = (e.store.clone(), e.holder().to_string());
+        Box::pin(async move {
+            let held = store.timed(store.extend_leases(&holder, &ids, until)).await;
+            Done::Extended { until, held }
+        })
+    }
+
+    /// The call that writes the pending outcomes, if there are any.
+    fn begin_settle(&mut self) -> Option<Call> {
+        self.flush_at = None;
+        if self.pending.is_empty() {
+            return None;
+        }
+        let records = std::mem::take(&mut self.pending);
+        let e = self.engine;
+        let (store, holder, now) = (e.store.clone(), e.holder().to_string(), e.clock.now_ms());
+        Some(Box::pin(async move {
+            let settled = store.timed(store.settle(&holder, now, &records)).await;
+            Done::Settled(records, settled)
+        }))
+    }
+
+    /// Takes in what a store call came back with.
+    fn end_call(&mut self, done: Done) {
+        match done {
+            Done::Settled(records, Ok(settlement)) => {
+                self.store_answered();
+                for (ids, message) in [
+                    (
+                        &settlement.lost,
+                        "outcome not recorded: another replica took the lease over and runs it",
+                    ),
+                    (
+                        &settlement.rerun,
+                        "an event changed the status while the step ran; running it again",
+                    ),
+                ] {
+                    for r in records.iter().filter(|r| ids.contains(&r.id)) {
+                        warn!(kind = %r.kind, key = %r.key, "{message}");
+                    }
+                }
+                self.report.lost += settlement.lost.len();
+                self.report.rerun += settlement.rerun.len();
+            }
+            Done::Settled(mut records, Err(err)) => {
+                // Kept, in order, ahead of what finished meanwhile.
+                records.append(&mut self.pending);
+                self.pending = records;
+                self.store_failed("recording outcomes", err.into());
+            }
+            Done::Extended {
+                until,
+                held: Ok(held),
+            } => {
+                self.extending = false;
+                self.store_answered();
+                // An object whose lease another holder took over meanwhile (this process
+                // stalled past it) is dropped from the round unrun: that holder runs it.
                 let held: HashSet<i64> = held.into_iter().collect();
                 for node in self.nodes.iter_mut() {
                     if !node.settled && !node.running && !held.contains(&node.row.id) {
@@ -267,8 +350,19 @@ impl<'e> Round<'e> {
                 }
                 self.lease_until = until;
             }
-            Err(err) => self.store_failed("extending leases", err.into()),
+            Done::Extended { held: Err(err), .. } => {
+                self.extending = false;
+                self.store_failed("extending leases", err.into());
+            }
         }
+    }
+
+    /// The store answered: an outage (if any) is over, and retries start afresh.
+    fn store_answered(&mut self) {
+        let e = self.engine;
+        e.health.answered(e.clock.now_ms());
+        self.retry = None;
+        self.retry_wait = Duration::ZERO;
     }
 
     /// Future running node `i`'s step under its span and timeout.
@@ -479,41 +573,11 @@ impl<'e> Round<'e> {
         }
     }
 
-    /// Writes the pending outcomes; on failure keeps them for the next try.
+    /// Writes the pending outcomes, with no step running; on failure keeps them.
     async fn flush(&mut self) {
-        if self.pending.is_empty() {
-            self.flush_at = None;
-            return;
-        }
-        let e = self.engine;
-        let now = e.clock.now_ms();
-        match e
-            .store
-            .timed(e.store.settle(e.holder(), now, &self.pending))
-            .await
-        {
-            Ok(settlement) => {
-                e.health.answered(now);
-                self.retry = None;
-                self.retry_wait = Duration::ZERO;
-                self.flush_at = None;
-                for id in &settlement.lost {
-                    if let Some(r) = self.pending.iter().find(|r| r.id == *id) {
-                        warn!(kind = %r.kind, key = %r.key,
-                            "outcome not recorded: another replica took the lease over and runs it");
-                    }
-                }
-                for id in &settlement.rerun {
-                    if let Some(r) = self.pending.iter().find(|r| r.id == *id) {
-                        info!(kind = %r.kind, key = %r.key,
-                            "an event changed the status while the step ran; running it again");
-                    }
-                }
-                self.report.lost += settlement.lost.len();
-                self.report.rerun += settlement.rerun.len();
-                self.pending.clear();
-            }
-            Err(err) => self.store_failed("recording outcomes", err.into()),
+        if let Some(call) = self.begin_settle() {
+            let done = call.await;
+            self.end_call(done);
         }
     }
 
@@ -560,6 +624,14 @@ impl<'e> Round<'e> {
             (self.retry_wait * 2).min(RETRY_MAX)
         };
         self.retry = Some(Instant::now() + self.retry_wait);
+    }
+}
+
+/// The store call in flight, if any (never resolves without one).
+async fn in_flight(call: &mut Option<Call>) -> Done {
+    match call {
+        Some(call) => call.await,
+        None => std::future::pending().await,
     }
 }
 

@@ -61,6 +61,9 @@ pub enum Act {
     Hang,
     /// Wait at the gate, then act.
     Gated(super::gate::Gate, Box<Act>),
+    /// Read its own object from the store this many times, then succeed (steps that use
+    /// the store while the round writes outcomes).
+    Reads(u32),
 }
 
 /// The script every test step follows, and the log of what ran.
@@ -167,6 +170,8 @@ impl Script {
                     gate.pass().await;
                     Self::perform(*then, n, key).await
                 }
+                // Done by the step itself, which has the context to read with.
+                Act::Reads(_) => Ok(Progress::Done),
             }
         })
     }
@@ -196,8 +201,14 @@ pub struct Scripted<M>(pub Arc<Script>, std::marker::PhantomData<M>);
 impl<M: Model<Status = Runs>> SyncStep for Scripted<M> {
     type Model = M;
 
-    async fn sync(&self, obj: &mut Obj<M>, _ctx: &StepContext) -> StepResult {
+    async fn sync(&self, obj: &mut Obj<M>, ctx: &StepContext) -> StepResult {
         obj.status.runs += 1;
+        let reads = self.0.acts.lock().unwrap().get(&obj.key).cloned();
+        if let Some(Act::Reads(n)) = reads {
+            for _ in 0..n {
+                ctx.get::<M>(&obj.key).await?;
+            }
+        }
         self.0.act("sync", M::KIND, &obj.key).await
     }
 
