@@ -7,7 +7,7 @@ mod settings;
 mod settle;
 mod watch;
 
-pub use scan::{scan_root, DatasetScan, ScannedFile};
+pub use scan::{scan_root, stat_calls, DatasetScan, ScannedFile};
 pub use settings::{AlmaSettings, DirectorySettings, SourcesSettings, VlaSettings};
 pub use settle::{SettleChanges, Settler};
 pub use watch::Hint;
