@@ -8,6 +8,7 @@ mod events;
 mod latency;
 mod report;
 mod scan;
+mod standin;
 
 use std::path::PathBuf;
 
