@@ -173,8 +173,8 @@ async fn settled_store(
     // not poll them while it writes outcomes: steps holding (or next in line for) every pooled
     // connection then keep them until the write gives up, 30 s later. On SQLite (one
     // connection) with steps that answer within microseconds, as here, 16 at a time stall
-    // every few hundred objects, one at a time about once in 10,000; on PostgreSQL, fewer
-    // steps than pooled connections always leave the write one.
+    // every few hundred objects, one at a time rarely (once in some 270,000); on PostgreSQL,
+    // fewer steps than pooled connections always leave the write one.
     settings.sync.concurrency = match backend {
         Backend::Sqlite => 1,
         Backend::Postgres => (settings.database.max_connections as usize / 2).max(1),
