@@ -43,6 +43,13 @@ struct Tree {
     entries: usize,
 }
 
+/// The tree goes when the scenario ends, whether it measured or failed.
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
 impl Tree {
     /// Builds `n` settled SDMs: `Main.xml` naming one BDF, two more tables and the marker.
     fn build(root: &Path, n: usize) -> anyhow::Result<Self> {
@@ -550,6 +557,6 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
             ));
         }
     }
-    std::fs::remove_dir_all(&root)?;
+    drop(tree);
     Ok(figures)
 }
