@@ -82,6 +82,8 @@ impl Scratch {
             for suffix in ["", "-wal", "-shm"] {
                 let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
             }
+            // Left by a `thalamus run` on this file (see `app::single_process_lock`).
+            let _ = std::fs::remove_file(file.with_extension("lock"));
         }
         if let Some((url, schema)) = self.schema {
             let admin = sqlx::PgPool::connect(&url).await?;
@@ -96,6 +98,13 @@ impl Scratch {
     pub async fn exec(&self, sql: &str) -> anyhow::Result<()> {
         with_pool!(self.store.db(), pool => sqlx::query(sql).execute(pool).await.map(|_| ()))?;
         Ok(())
+    }
+
+    /// The single integer one SQL query returns (e.g. a `COUNT(*)`).
+    pub async fn count(&self, sql: &str) -> anyhow::Result<i64> {
+        Ok(
+            with_pool!(self.store.db(), pool => sqlx::query_scalar::<_, i64>(sql).fetch_one(pool).await)?,
+        )
     }
 
     /// Inserts `n` clean objects of `kind` keyed `<prefix><i>`, each linking through `link`

@@ -65,7 +65,8 @@ fn engine(scratch: &Scratch) -> anyhow::Result<Engine> {
         .build(scratch.store.clone())
 }
 
-fn spinner(msg: String) -> ProgressBar {
+/// A spinner with a message and the time elapsed, cleared when the step ends.
+pub(super) fn spinner(msg: String) -> ProgressBar {
     let bar = ProgressBar::new_spinner().with_message(msg);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")

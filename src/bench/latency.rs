@@ -4,70 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use super::db::{Backend, Scratch};
+use super::standin;
 use super::{BenchArgs, Figure};
 use crate::config::Settings;
 use crate::graph::DepGraph;
-
-/// A minimal stand-in for the Workspaces contract: no requests yet, create → 1, submit → 1.
-async fn stand_in(listener: TcpListener, created: Arc<Notify>) {
-    while let Ok((conn, _)) = listener.accept().await {
-        tokio::spawn(serve(conn, created.clone()));
-    }
-}
-
-async fn serve(mut conn: TcpStream, created: Arc<Notify>) -> std::io::Result<()> {
-    let mut buf = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let length = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap_or(0))
-            })
-            .unwrap_or(0usize);
-        while buf.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = conn.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        buf.drain(..head_end + length);
-        let line = head.lines().next().unwrap_or_default().to_string();
-        let body = if line.starts_with("GET") && line.contains("/requests?") {
-            "[]"
-        } else if line.starts_with("POST") && line.contains("/request/create") {
-            created.notify_one();
-            r#"{"id":1,"state":"Created"}"#
-        } else {
-            r#"{"id":1,"state":"Submitted"}"#
-        };
-        let reply = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        conn.write_all(reply.as_bytes()).await?;
-    }
-}
 
 /// Seconds from the last write to the create call, against the settle window + 1 s.
 pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
@@ -79,7 +23,21 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}/workspaces", listener.local_addr()?);
     let created = Arc::new(Notify::new());
-    tokio::spawn(stand_in(listener, created.clone()));
+    // The Workspaces contract at its simplest: no requests yet, create → 1, submit → 1.
+    let answer: standin::Answer = {
+        let created = created.clone();
+        Arc::new(move |line: &str| {
+            if line.starts_with("GET") && line.contains("/requests?") {
+                "[]".into()
+            } else if line.starts_with("POST") && line.contains("/request/create") {
+                created.notify_one();
+                r#"{"id":1,"state":"Created"}"#.into()
+            } else {
+                r#"{"id":1,"state":"Submitted"}"#.into()
+            }
+        })
+    };
+    let server = tokio::spawn(standin::serve(listener, answer));
 
     let scratch = Scratch::new(Backend::Sqlite, &args.scratch(), &args.pg_url).await?;
     let settle = 1u64;
@@ -117,6 +75,7 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
     let seconds = written.elapsed().as_secs_f64();
     engine.shutdown_token().cancel();
     run.await??;
+    server.abort();
     scratch.drop_all().await?;
     std::fs::remove_dir_all(&root)?;
     let budget = settle as f64 + 1.0;

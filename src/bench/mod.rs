@@ -5,9 +5,11 @@
 mod db;
 mod engine;
 mod events;
+mod idle;
 mod latency;
 mod report;
 mod scan;
+mod standin;
 
 use std::path::PathBuf;
 
@@ -24,7 +26,7 @@ pub struct BenchArgs {
     /// Print the figures as JSON (`[{name, value, baseline, ratio, goal, unit}]`).
     #[arg(long)]
     pub json: bool,
-    /// Only these scenarios: reconcile, dirty, scan, memory, events, latency.
+    /// Only these scenarios: reconcile, dirty, scan, memory, events, latency, idle.
     #[arg(long = "only", value_name = "SCENARIO")]
     pub only: Vec<String>,
     /// Objects in the reconcile scenario (default 100000; --quick 10000).
@@ -43,6 +45,10 @@ pub struct BenchArgs {
         env = "THALAMUS_BENCH_PG"
     )]
     pub pg_url: String,
+    /// Settled datasets in the idle scenario, plus 10 × as many settled models (default
+    /// 10000; --quick 1000). It runs `thalamus run` for two poll periods (one with --quick).
+    #[arg(long)]
+    pub datasets: Option<usize>,
     /// Status messages in the events scenario (default 100000; --quick 10000).
     #[arg(long)]
     pub messages: Option<usize>,
@@ -76,14 +82,21 @@ impl BenchArgs {
 
 /// Runs the selected scenarios and prints the summary table (or JSON).
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    const SCENARIOS: [&str; 7] = [
+        "reconcile",
+        "dirty",
+        "scan",
+        "memory",
+        "events",
+        "latency",
+        "idle",
+    ];
     for s in &args.only {
-        if !["reconcile", "dirty", "scan", "memory", "events", "latency"].contains(&s.as_str()) {
-            anyhow::bail!(
-                "unknown scenario {s:?}: use reconcile, dirty, scan, memory, events or latency"
-            );
+        if !SCENARIOS.contains(&s.as_str()) {
+            anyhow::bail!("unknown scenario {s:?}: use {}", SCENARIOS.join(", "));
         }
     }
-    let mut figures = Vec::new();
+    let mut figures = Figures::default();
     let mut backends = vec![db::Backend::Sqlite];
     if !args.no_postgres {
         backends.push(db::Backend::Postgres);
@@ -91,26 +104,43 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.wants("reconcile") {
         let n = args.size(args.objects, 100_000, 10_000);
         for b in &backends {
-            figures.push(engine::reconcile(&args, *b, n).await?);
+            figures.add([engine::reconcile(&args, *b, n).await?]);
         }
     }
     if args.wants("dirty") || args.wants("memory") {
         let n = args.size(args.models, 1_000_000, 100_000);
         for b in &backends {
-            figures.extend(engine::dirty_pass(&args, *b, n).await?);
+            figures.add(engine::dirty_pass(&args, *b, n).await?);
         }
     }
     if args.wants("scan") {
         let n = args.size(args.files, 1_000_000, 50_000);
-        figures.extend(scan::scan(&args, n).await?);
+        figures.add(scan::scan(&args, n).await?);
     }
     if args.wants("events") {
         let n = args.size(args.messages, 100_000, 10_000);
-        figures.push(events::kafka(&args, n).await?);
-        figures.push(events::amqp(&args, n).await?);
+        figures.add([events::kafka(&args, n).await?]);
+        figures.add([events::amqp(&args, n).await?]);
     }
     if args.wants("latency") {
-        figures.push(latency::latency(&args).await?);
+        figures.add([latency::latency(&args).await?]);
     }
-    report::print(&figures, args.json)
+    if args.wants("idle") {
+        let n = args.size(args.datasets, 10_000, 1_000);
+        figures.add(idle::idle(&args, &backends, n).await?);
+    }
+    report::print(&figures.0, args.json)
+}
+
+/// The figures measured so far; each is announced on stderr as it comes.
+#[derive(Default)]
+struct Figures(Vec<Figure>);
+
+impl Figures {
+    fn add(&mut self, new: impl IntoIterator<Item = Figure>) {
+        for f in new {
+            report::announce(&f);
+            self.0.push(f);
+        }
+    }
 }

@@ -48,6 +48,21 @@ impl Figure {
     }
 }
 
+/// Says a figure on stderr as soon as it is measured (the table on stdout waits for all).
+pub fn announce(f: &Figure) {
+    eprintln!(
+        "{}: {} {} (baseline {} {}, ratio {:.2}, goal {}: {})",
+        f.name,
+        human(f.value),
+        f.unit,
+        human(f.baseline),
+        f.unit,
+        f.ratio,
+        f.goal,
+        if f.met() { "met" } else { "NOT met" }
+    );
+}
+
 /// Prints the figures as a table, or as JSON.
 pub fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
     if json {

@@ -7,6 +7,6 @@ mod scan;
 mod settle;
 mod watch;
 
-pub use scan::{scan_root, DatasetScan, ScannedFile};
+pub use scan::{scan_root, stat_calls, DatasetScan, ScannedFile};
 pub use settle::{SettleChanges, Settler};
 pub use watch::Hint;

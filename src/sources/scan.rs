@@ -4,12 +4,36 @@
 //! have stayed the same for the settle window, or its marker file exists. Half-written or
 //! vanishing files therefore never become an observation. Names that are not UTF-8 are
 //! refused (see `refused.rs`).
+//!
+//! Every `stat` a poll makes is counted ([`stat_calls`]), so `thalamus bench` can hold an idle
+//! poll to at most one per entry of the tree: one per entry listed, one per directory opened
+//! (glibc's `opendir` sizes its buffer with an `fstat`) and one per file looked up elsewhere
+//! (BDFs); reading a dataset's file makes none ([`DatasetScan::read`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
-use tracing::warn;
+use tracing::{debug, warn};
+
+/// `stat` calls made by scans in this process since it started.
+static STAT_CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// How many `stat` calls (`stat`, `fstat`, `statx`) the scans of this process have made.
+pub fn stat_calls() -> u64 {
+    STAT_CALLS.load(Ordering::Relaxed)
+}
+
+fn counted(stats: u64) {
+    STAT_CALLS.fetch_add(stats, Ordering::Relaxed);
+}
+
+/// `read_dir`, counted: opening a directory costs one `fstat`.
+fn read_dir(dir: &Path) -> io::Result<std::fs::ReadDir> {
+    counted(1);
+    std::fs::read_dir(dir)
+}
 
 use super::settle::Settler;
 
@@ -46,7 +70,7 @@ impl DatasetScan {
         let mut not_utf8 = None;
         let mut stack = vec![dir.to_path_buf()];
         while let Some(d) = stack.pop() {
-            for entry in std::fs::read_dir(&d)? {
+            for entry in read_dir(&d)? {
                 let entry = entry?;
                 let file_name = entry.file_name();
                 if file_name.as_encoded_bytes().starts_with(b".") {
@@ -60,6 +84,7 @@ impl DatasetScan {
                     not_utf8.get_or_insert_with(|| entry.path());
                     continue;
                 }
+                counted(1);
                 let meta = entry.metadata()?;
                 if meta.is_dir() {
                     stack.push(entry.path());
@@ -86,6 +111,7 @@ impl DatasetScan {
     /// have arrived yet.
     pub fn add_files(&mut self, paths: impl IntoIterator<Item = PathBuf>) -> io::Result<()> {
         for path in paths {
+            counted(1);
             match std::fs::metadata(&path) {
                 Ok(meta) if meta.is_file() => self.files.push(ScannedFile {
                     size: meta.len(),
@@ -100,6 +126,27 @@ impl DatasetScan {
         self.files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         self.files.dedup_by(|a, b| a.path == b.path);
         Ok(())
+    }
+
+    /// Reads the dataset's file `name` whole (e.g. `Main.xml`); `None` if it does not exist.
+    /// Unlike `fs::read_to_string`, which `fstat`s the open file to size its buffer, it makes
+    /// no `stat`: the listing has just made one, and a poll makes one per entry at most.
+    pub fn read(&self, name: &str) -> io::Result<Option<String>> {
+        let path = self.dir.join(name);
+        let mut file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let listed = self
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .map_or(0, |f| f.size);
+        let mut text = String::with_capacity(usize::try_from(listed).unwrap_or(0));
+        // Through `Take`, `read_to_string` reads until the end without asking the size.
+        io::Read::read_to_string(&mut io::Read::take(&mut file, u64::MAX), &mut text)?;
+        Ok(Some(text))
     }
 
     /// A digest of every file's path, size and mtime: any write changes it. Stable across
@@ -156,9 +203,11 @@ pub fn scan_root(
     settled: &mut dyn FnMut(DatasetScan) -> bool,
 ) -> io::Result<()> {
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
-    for entry in std::fs::read_dir(root)? {
+    for entry in read_dir(root)? {
         let entry = entry?;
         let raw = entry.file_name();
+        // The type comes with the listing (`d_type`), not from a `stat`, on local file
+        // systems and NFS alike.
         if raw.as_encoded_bytes().starts_with(b".") || !entry.file_type().is_ok_and(|t| t.is_dir())
         {
             continue;
@@ -170,6 +219,7 @@ pub fn scan_root(
         }
     }
     dirs.sort_unstable();
+    let datasets = dirs.len();
     settler.begin_poll();
     let mut aborted = false;
     for (name, dir) in dirs {
@@ -202,5 +252,38 @@ pub fn scan_root(
     if !aborted {
         settler.end_poll();
     }
+    // `thalamus bench` reads this line to count a running controller's polls and stats.
+    debug!(root = %root.display(), datasets, stat_calls_total = stat_calls(), "scan done");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listing makes one `stat` per entry and one per directory it opens; reading a file of
+    /// the dataset makes none. (No other unit test scans, so the process-wide count is ours.)
+    #[test]
+    fn a_listing_stats_each_entry_once_and_a_read_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("Main.xml"), "<MainTable/>").unwrap();
+        std::fs::write(dir.path().join("Scan.xml"), "<ScanTable/>").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        std::fs::write(dir.path().join("sub/data"), "x").unwrap();
+        std::fs::write(dir.path().join("DONE"), "").unwrap();
+        let before = stat_calls();
+        let scan = DatasetScan::list("d", dir.path(), Some("DONE")).unwrap();
+        // Two directories opened; Main.xml, Scan.xml, sub and sub/data stat'ed; the marker
+        // is known by its name.
+        assert_eq!(stat_calls() - before, 6);
+        assert!(scan.marked);
+        assert_eq!(scan.files.len(), 3);
+        let before = stat_calls();
+        assert_eq!(
+            scan.read("Main.xml").unwrap().as_deref(),
+            Some("<MainTable/>")
+        );
+        assert_eq!(scan.read("Missing.xml").unwrap(), None);
+        assert_eq!(stat_calls(), before);
+    }
 }

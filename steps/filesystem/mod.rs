@@ -86,12 +86,10 @@ impl DirectorySettings {
 
 /// The BDF files an SDM references in its Main.xml (`uid:///evla/bdf/N` is stored as
 /// `uid____evla_bdf_N` under the BDF directory).
-pub fn referenced_bdfs(sdm: &Path, bdf_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let main = match std::fs::read_to_string(sdm.join("Main.xml")) {
-        Ok(text) => text,
-        // No Main.xml yet: the SDM is still being written; its tables are all we know.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+pub fn referenced_bdfs(sdm: &DatasetScan, bdf_dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    // No Main.xml yet: the SDM is still being written; its tables are all we know.
+    let Some(main) = sdm.read("Main.xml")? else {
+        return Ok(Vec::new());
     };
     let mut out = Vec::new();
     let mut rest = main.as_str();
@@ -116,7 +114,7 @@ pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<
     if vla.enabled {
         let bdf_dir = vla.bdf_path.clone();
         let extra: Arc<ExtraFiles> = Arc::new(move |scan: &DatasetScan| match &bdf_dir {
-            Some(dir) => referenced_bdfs(&scan.dir, dir),
+            Some(dir) => referenced_bdfs(scan, dir),
             None => Ok(Vec::new()),
         });
         let mut watch = vec![vla.path.clone()];
