@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::db::{rss, Backend, Scratch};
-use super::{BenchArgs, Figure};
+use super::{BenchArgs, Figure, Goal};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::graph::DepGraph;
@@ -126,7 +126,7 @@ pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::
         format!("reconcile ({})", backend.name()),
         value,
         baseline,
-        ">= 0.5",
+        Goal::AtLeast(0.5),
         "objects/s",
     ))
 }
@@ -174,14 +174,14 @@ pub async fn dirty_pass(
             format!("dirty pass, 1k of {n} ({})", backend.name()),
             seconds[1],
             seconds[0],
-            "<= 2",
+            Goal::AtMost(2.0),
             "s",
         ),
         Figure::new(
             format!("peak RSS, {n} models ({})", backend.name()),
             peak_mb,
             200.0,
-            "<= 1",
+            Goal::AtMost(1.0),
             "MB",
         ),
     ])

@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
 use super::db::{Backend, Scratch};
-use super::{BenchArgs, Figure};
+use super::{BenchArgs, Figure, Goal};
 use crate::bus::{AmqpBinding, AmqpSession, EventsSettings, KafkaSource};
 use crate::config::Settings;
 use crate::engine::Engine;
@@ -157,7 +157,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
         "events via Kafka",
         value,
         baseline,
-        ">= 0.5",
+        Goal::AtLeast(0.5),
         "messages/s",
     ))
 }
@@ -250,7 +250,7 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
         "events via AMQP",
         value,
         baseline,
-        ">= 0.5",
+        Goal::AtLeast(0.5),
         "messages/s",
     ))
 }

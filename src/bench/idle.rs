@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use super::db::{Backend, Scratch};
-use super::{standin, BenchArgs, Figure};
+use super::{standin, BenchArgs, Figure, Goal};
 use crate::config::Settings;
 use crate::graph::DepGraph;
 
@@ -509,14 +509,14 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
             ),
             100.0 * m.cpu_seconds / m.seconds,
             CPU_GOAL_PERCENT,
-            "<= 1",
+            Goal::AtMost(1.0),
             "% core",
         ));
         figures.push(Figure::new(
             format!("idle stat calls per second ({})", backend.name()),
             m.stats as f64 / m.seconds,
             tree.entries as f64 / POLL_SECONDS,
-            "<= 1",
+            Goal::AtMost(1.0),
             "stat/s",
         ));
         if backend == backends[0] {
@@ -524,7 +524,7 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
                 format!("idle stat calls per poll, {} entries", tree.entries),
                 m.stats as f64 / m.polls as f64,
                 tree.entries as f64,
-                "<= 1",
+                Goal::AtMost(1.0),
                 "stat",
             ));
         }

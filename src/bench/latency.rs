@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::db::{Backend, Scratch};
 use super::standin;
-use super::{BenchArgs, Figure};
+use super::{BenchArgs, Figure, Goal};
 use crate::config::Settings;
 use crate::graph::DepGraph;
 
@@ -83,7 +83,7 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
         format!("latency file → request (settle {settle} s)"),
         seconds,
         budget,
-        "<= 1",
+        Goal::AtMost(1.0),
         "s",
     ))
 }

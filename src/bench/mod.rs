@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-pub use report::Figure;
+pub use report::{human, Figure, Goal};
 
 /// Options of `thalamus bench`.
 #[derive(Debug, Clone, Args)]
@@ -80,8 +80,12 @@ impl BenchArgs {
     }
 }
 
-/// Runs the selected scenarios and prints the summary table (or JSON).
-pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+/// Runs the selected scenarios and returns their figures, each handed to `measured` as soon
+/// as it is measured (the CLI says it at once, then prints the table).
+pub async fn run(
+    args: &BenchArgs,
+    measured: &mut dyn FnMut(&Figure),
+) -> anyhow::Result<Vec<Figure>> {
     const SCENARIOS: [&str; 7] = [
         "reconcile",
         "dirty",
@@ -96,7 +100,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             anyhow::bail!("unknown scenario {s:?}: use {}", SCENARIOS.join(", "));
         }
     }
-    let mut figures = Figures::default();
+    let mut figures = Figures(Vec::new(), measured);
     let mut backends = vec![db::Backend::Sqlite];
     if !args.no_postgres {
         backends.push(db::Backend::Postgres);
@@ -129,17 +133,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let n = args.size(args.datasets, 10_000, 1_000);
         figures.add(idle::idle(&args, &backends, n).await?);
     }
-    report::print(&figures.0, args.json)
+    Ok(figures.0)
 }
 
-/// The figures measured so far; each is announced on stderr as it comes.
-#[derive(Default)]
-struct Figures(Vec<Figure>);
+/// The figures measured so far; each is handed on as it comes.
+struct Figures<'m>(Vec<Figure>, &'m mut dyn FnMut(&Figure));
 
-impl Figures {
+impl Figures<'_> {
     fn add(&mut self, new: impl IntoIterator<Item = Figure>) {
         for f in new {
-            report::announce(&f);
+            (self.1)(&f);
             self.0.push(f);
         }
     }

@@ -1,6 +1,33 @@
-//! Figures and the summary table.
+//! Figures: what a scenario measured, against its baseline and goal. The CLI prints them.
 
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
+
+/// The bound a figure's ratio is held to.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// The ratio must be at least this (throughput).
+    AtLeast(f64),
+    /// The ratio must be at most this (cost, time, memory).
+    AtMost(f64),
+}
+
+impl fmt::Display for Goal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Goal::AtLeast(g) => write!(f, ">= {g}"),
+            Goal::AtMost(g) => write!(f, "<= {g}"),
+        }
+    }
+}
+
+/// Written as it reads (`">= 0.5"`), as the JSON output always had it.
+impl Serialize for Goal {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
 
 /// One measured figure: thalamus's value, the baseline measured in the same run, their ratio,
 /// and the goal the ratio is held to.
@@ -10,14 +37,13 @@ pub struct Figure {
     pub value: f64,
     pub baseline: f64,
     pub ratio: f64,
-    /// E.g. `>= 0.5` or `<= 2`.
-    pub goal: String,
+    pub goal: Goal,
     pub unit: String,
 }
 
 impl Figure {
     /// A figure whose ratio is value / baseline.
-    pub fn new(name: impl Into<String>, value: f64, baseline: f64, goal: &str, unit: &str) -> Self {
+    pub fn new(name: impl Into<String>, value: f64, baseline: f64, goal: Goal, unit: &str) -> Self {
         let ratio = if baseline > 0.0 {
             value / baseline
         } else {
@@ -28,65 +54,22 @@ impl Figure {
             value,
             baseline,
             ratio,
-            goal: goal.into(),
+            goal,
             unit: unit.into(),
         }
     }
 
     /// Whether the ratio meets the goal.
     pub fn met(&self) -> bool {
-        let parse = |p: &str| {
-            self.goal
-                .strip_prefix(p)
-                .and_then(|v| v.trim().parse::<f64>().ok())
-        };
-        match (parse(">="), parse("<=")) {
-            (Some(g), _) => self.ratio >= g,
-            (_, Some(g)) => self.ratio <= g,
-            _ => false,
+        match self.goal {
+            Goal::AtLeast(g) => self.ratio >= g,
+            Goal::AtMost(g) => self.ratio <= g,
         }
     }
 }
 
-/// Says a figure on stderr as soon as it is measured (the table on stdout waits for all).
-pub fn announce(f: &Figure) {
-    eprintln!(
-        "{}: {} {} (baseline {} {}, ratio {:.2}, goal {}: {})",
-        f.name,
-        human(f.value),
-        f.unit,
-        human(f.baseline),
-        f.unit,
-        f.ratio,
-        f.goal,
-        if f.met() { "met" } else { "NOT met" }
-    );
-}
-
-/// Prints the figures as a table, or as JSON.
-pub fn print(figures: &[Figure], json: bool) -> anyhow::Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(figures)?);
-        return Ok(());
-    }
-    let mut table = crate::cli::Table::new(vec![
-        "FIGURE", "THALAMUS", "BASELINE", "RATIO", "GOAL", "MET",
-    ]);
-    for f in figures {
-        table.row(vec![
-            f.name.clone(),
-            format!("{} {}", human(f.value), f.unit),
-            format!("{} {}", human(f.baseline), f.unit),
-            format!("{:.2}", f.ratio),
-            f.goal.clone(),
-            if f.met() { "yes" } else { "NO" }.into(),
-        ]);
-    }
-    print!("{}", table.render());
-    Ok(())
-}
-
-fn human(v: f64) -> String {
+/// A value as the table and the announcements show it.
+pub fn human(v: f64) -> String {
     if v >= 100.0 {
         format!("{v:.0}")
     } else {

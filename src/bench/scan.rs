@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 
 use super::db::rss;
-use super::{BenchArgs, Figure};
+use super::{BenchArgs, Figure, Goal};
 use crate::sources::{scan_root, Settler};
 
 /// Builds `files` empty files: datasets of 10 folders × 100 files.
@@ -89,10 +89,16 @@ pub async fn scan(args: &BenchArgs, files: usize) -> anyhow::Result<Vec<Figure>>
                 format!("scan {files} files vs find"),
                 scan_s,
                 find_s,
-                "<= 1.5",
+                Goal::AtMost(1.5),
                 "s",
             ),
-            Figure::new("RSS per tracked file", per_file, 200.0, "<= 1", "B"),
+            Figure::new(
+                "RSS per tracked file",
+                per_file,
+                200.0,
+                Goal::AtMost(1.0),
+                "B",
+            ),
         ])
     })
     .await??;

@@ -1,6 +1,7 @@
 //! The `thalamus` command line: run the controller, manage the schema, inspect models.
 
 mod admin;
+mod bench;
 mod dead_letters;
 mod inspect;
 mod output;
@@ -162,6 +163,6 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Retry { kind, key } => inspect::retry(&settings, &kind, &key).await,
         Command::Delete { kind, key } => inspect::delete(&settings, &kind, &key).await,
         Command::DeadLetters(command) => dead_letters::run(settings, command).await,
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -1,0 +1,44 @@
+//! `thalamus bench`: says each figure on stderr as it is measured, then prints the table (or
+//! JSON) of them all on stdout.
+
+use super::output::Table;
+use crate::bench::{human, BenchArgs, Figure};
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let figures = crate::bench::run(&args, &mut announce).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&figures)?);
+        return Ok(());
+    }
+    let mut table = Table::new(vec![
+        "FIGURE", "THALAMUS", "BASELINE", "RATIO", "GOAL", "MET",
+    ]);
+    for f in &figures {
+        table.row(vec![
+            f.name.clone(),
+            format!("{} {}", human(f.value), f.unit),
+            format!("{} {}", human(f.baseline), f.unit),
+            format!("{:.2}", f.ratio),
+            f.goal.to_string(),
+            if f.met() { "yes" } else { "NO" }.into(),
+        ]);
+    }
+    print!("{}", table.render());
+    Ok(())
+}
+
+/// Says a figure on stderr as soon as it is measured (the table on stdout waits for all).
+fn announce(f: &Figure) {
+    eprintln!(
+        "{}: {} {} (baseline {} {}, ratio {:.2}, goal {}: {})",
+        f.name,
+        human(f.value),
+        f.unit,
+        human(f.baseline),
+        f.unit,
+        f.ratio,
+        f.goal,
+        if f.met() { "met" } else { "NOT met" }
+    );
+}
