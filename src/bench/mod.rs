@@ -108,30 +108,30 @@ pub async fn run(
     if args.wants("reconcile") {
         let n = args.size(args.objects, 100_000, 10_000);
         for b in &backends {
-            figures.add([engine::reconcile(&args, *b, n).await?]);
+            figures.add([engine::reconcile(args, *b, n).await?]);
         }
     }
     if args.wants("dirty") || args.wants("memory") {
         let n = args.size(args.models, 1_000_000, 100_000);
         for b in &backends {
-            figures.add(engine::dirty_pass(&args, *b, n).await?);
+            figures.add(engine::dirty_pass(args, *b, n).await?);
         }
     }
     if args.wants("scan") {
         let n = args.size(args.files, 1_000_000, 50_000);
-        figures.add(scan::scan(&args, n).await?);
+        figures.add(scan::scan(args, n).await?);
     }
     if args.wants("events") {
         let n = args.size(args.messages, 100_000, 10_000);
-        figures.add([events::kafka(&args, n).await?]);
-        figures.add([events::amqp(&args, n).await?]);
+        figures.add([events::kafka(args, n).await?]);
+        figures.add([events::amqp(args, n).await?]);
     }
     if args.wants("latency") {
-        figures.add([latency::latency(&args).await?]);
+        figures.add([latency::latency(args).await?]);
     }
     if args.wants("idle") {
         let n = args.size(args.datasets, 10_000, 1_000);
-        figures.add(idle::idle(&args, &backends, n).await?);
+        figures.add(idle::idle(args, &backends, n).await?);
     }
     Ok(figures.0)
 }
