@@ -38,7 +38,7 @@ pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
 pub use reason::Reason;
 pub use replicas::Replica;
-pub use settings::DatabaseSettings;
+pub use settings::{Backend, DatabaseSettings};
 pub use settle::{synced_message, OutcomeRecord, Settled, Settlement};
 pub use settle_state::SettleRecord;
 pub use status::StatusWrite;
@@ -121,7 +121,8 @@ impl Store {
         open: Open,
         timeout: Duration,
     ) -> Result<Self> {
-        let (db, leases): (Db, Arc<dyn leases::LeaseBook>) = if url.starts_with("sqlite:") {
+        let sqlite = settings::Backend::of(url) == Some(settings::Backend::Sqlite);
+        let (db, leases): (Db, Arc<dyn leases::LeaseBook>) = if sqlite {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(open == Open::Create)
                 .journal_mode(SqliteJournalMode::Wal)

@@ -23,15 +23,31 @@ impl Default for DatabaseSettings {
     }
 }
 
+/// Which backend a `database.url` names, read from its scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite:…`: the embedded default, one process.
+    Sqlite,
+    /// `postgres:…` or `postgresql:…`: production, replicas.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `url` names, if its scheme is one thalamus speaks.
+    pub fn of(url: &str) -> Option<Self> {
+        match url.split_once(':').map(|(scheme, _)| scheme) {
+            Some("sqlite") => Some(Backend::Sqlite),
+            Some("postgres" | "postgresql") => Some(Backend::Postgres),
+            _ => None,
+        }
+    }
+}
+
 impl DatabaseSettings {
     /// Checks the values the store cannot work with; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let bad = |key, problem: &str| Err((key, problem.to_string()));
-        let url = &self.url;
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres:")
-            || url.starts_with("postgresql:"))
-        {
+        if Backend::of(&self.url).is_none() {
             return bad("database.url", "must start with sqlite:// or postgres://");
         }
         if self.max_connections == 0 {
@@ -41,5 +57,20 @@ impl DatabaseSettings {
             return bad("database.timeout_seconds", "must be from 1 to 86400");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Backend;
+
+    #[test]
+    fn the_scheme_names_the_backend() {
+        assert_eq!(Backend::of("sqlite://thalamus.db"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("sqlite::memory:"), Some(Backend::Sqlite));
+        assert_eq!(Backend::of("postgres://db/x"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("postgresql://db/x"), Some(Backend::Postgres));
+        assert_eq!(Backend::of("mysql://db/x"), None);
+        assert_eq!(Backend::of("thalamus.db"), None);
     }
 }
