@@ -1,21 +1,32 @@
 //! thalamus: a work-based reconciliation controller for the NRAO archive.
 //!
 //! Module map:
-//! - [`config`]: settings (defaults, `config.yaml`, overlay, `THALAMUS__…` env vars).
+//! - [`config`]: loads and aggregates the settings each layer and step module owns (defaults,
+//!   `config.yaml`, overlay, `THALAMUS__…` env vars).
 //! - [`clock`]: time as epoch milliseconds, from a clock tests can drive.
 //! - [`store`]: the model store (objects, links, executions) on SQLite or PostgreSQL.
 //! - [`graph`]: the petgraph DAG from `model-deps.json`: sync order and link fields.
-//! - [`secret`]: secrets and what may be printed of them (URL redaction); a leaf.
-//! - [`sources`]: the NFS-safe dataset scanner, settle window, inotify hint, `sources.*` settings.
-//! - [`step`]: the traits steps implement (`SyncStep`, `PullStep`, `ModelPolicy`, `EventStep`).
-//! - [`engine`]: the pull, policy and sync loops and event application.
-//! - [`bus`]: the Kafka and AMQP event transports, dead letters and event metrics.
-//! - [`bench`]: `thalamus bench`, figures as ratios against baselines measured in the same run.
-//! - [`app`]: bootstrap shared by commands (settings → registry → graph → store → engine).
+//! - [`secret`]: credentials and what may be printed of them (`Secret`, URL redaction); a leaf.
+//! - [`sources`]: the NFS-safe dataset scanner, settle window and inotify hint.
+//! - [`step`]: the contract steps implement (`SyncStep`, `PullStep`, `ModelPolicy`, `EventStep`)
+//!   and the typed model access they get.
+//! - [`engine`]: the pull, policy and sync loops, event delivery (`EventSink`), the store's
+//!   health and the replicas' heartbeat; owns `sync`, `policy`, `pull`, `executions` settings.
+//! - [`bus`]: the Kafka and AMQP transports: adapters delivering into the engine's `EventSink`,
+//!   started beside it by the bootstrap.
+//! - [`bench`]: `thalamus bench`'s scenarios: figures as ratios against baselines measured in
+//!   the same run (the CLI prints them).
+//! - [`app`]: the bootstrap: `EngineBuilder` (settings → registry → graph → store → engine),
+//!   used by `run`, dead-letter replay and the bench; the transports started beside `run`.
 //! - [`cli`]: the `thalamus` command line and its tables.
-//! - [`telemetry`]: tracing setup.
-//! - [`workspaces`]: Workspaces and archive REST clients, rate-limited; the request cycle.
-//! - [`steps`]: the domain steps in `steps/`, registered explicitly.
+//! - [`telemetry`]: tracing setup and `log.*` settings.
+//! - [`workspaces`]: plain Workspaces and archive REST clients, rate-limited.
+//! - [`steps`]: the domain in `steps/`: models, policies, the steps that talk to each outside
+//!   system, their settings sections, and the `prelude` a step imports.
+//!
+//! Layers point one way (`../shared/tools/module-cycles src` finds no cycle): `cli` → `app` →
+//! {`config`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
+//! `secret`).
 
 pub mod app;
 pub mod bench;

@@ -9,8 +9,9 @@ mod http;
 mod request;
 mod settings;
 
+pub use crate::secret::Secret;
 pub use archive::ArchiveClient;
 pub use client::{Service, WorkspacesClient};
 pub use http::CallError;
 pub use request::{RequestState, WorkspacesRequest};
-pub use settings::{Endpoint, EndpointKeys, Secret};
+pub use settings::{Endpoint, EndpointKeys};

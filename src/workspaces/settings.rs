@@ -2,37 +2,7 @@
 //! it and how fast to call it. The sections operators write (`workspaces.*`, `archive.*`)
 //! belong to the step modules that call the services; they hand their clients an [`Endpoint`].
 
-use serde::{Deserialize, Serialize, Serializer};
-
-/// A credential from config or a `THALAMUS__…` variable; `Debug` and `Serialize` show `***`,
-/// so settings can be logged or printed without leaking it.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a credential.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The credential itself, for the one place that sends it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
-    }
-}
+use crate::secret::Secret;
 
 /// Where a REST service is and how to call it.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,10 +53,12 @@ impl Endpoint {
             ));
         }
         match &self.token {
-            Some(t) if t.0.is_empty() || t.0.chars().any(|c| c.is_control()) => Err((
-                keys.token,
-                "must be non-empty text without control characters",
-            )),
+            Some(t) if t.expose().is_empty() || t.expose().chars().any(|c| c.is_control()) => {
+                Err((
+                    keys.token,
+                    "must be non-empty text without control characters",
+                ))
+            }
             _ => Ok(()),
         }
     }
