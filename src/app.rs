@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::bus::EventsSettings;
+use crate::bus::{AmqpPublisher, EventsSettings, KafkaPublisher};
 use crate::clock::{Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::graph::DepGraph;
+use crate::outbox::{Publisher, Relay};
 use crate::step::Registry;
 use crate::store::{Open, Store};
 
@@ -117,15 +118,63 @@ pub async fn engine(settings: &Settings, migrate: bool) -> anyhow::Result<(Engin
     Ok((builder.build(store)?, lock))
 }
 
-/// Runs `engine` until shutdown with the enabled event transports beside it, delivering into
-/// it: what `thalamus run` does once its bootstrap is done. The transports stop with it.
+/// Runs `engine` until shutdown with the enabled event transports and the outbox relay beside
+/// it: what `thalamus run` does once its bootstrap is done. They all stop with it.
 pub async fn run_with_transports(engine: &Engine, events: &EventsSettings) -> anyhow::Result<()> {
     let sink = Arc::new(engine.clone());
     let shutdown = engine.shutdown_token();
-    let transports = crate::bus::start(sink, engine.holder(), events, &shutdown);
+    let mut beside = crate::bus::start(sink, engine.holder(), events, &shutdown);
+    if let Some(relay) = relay(engine)? {
+        beside.spawn(relay.run(engine.outbox_written(), shutdown.clone()));
+    }
     let ran = engine.run().await;
-    transports.join_all().await;
+    beside.join_all().await;
     ran
+}
+
+/// `run --once`: one poll, policy and sync passes until nothing more is runnable now, then
+/// one pass of the outbox relay, so what the run announced is published before it exits.
+pub async fn run_once(engine: &Engine) -> anyhow::Result<crate::engine::OnceReport> {
+    let report = engine.run_once().await?;
+    if let Some(relay) = relay(engine)? {
+        let pass = relay.pass().await?;
+        if let Some((id, error)) = pass.failed {
+            tracing::warn!(
+                row = id,
+                "outbox: cannot publish (the next run tries again): {error}"
+            );
+        }
+    }
+    Ok(report)
+}
+
+/// The outbox relay of `engine`, publishing on the transports `outbox.*` enables; `None` when
+/// nothing is announced.
+pub fn relay(engine: &Engine) -> anyhow::Result<Option<Relay>> {
+    let settings = &engine.settings.outbox;
+    let mut publishers: Vec<Arc<dyn Publisher>> = Vec::new();
+    if settings.amqp.enabled {
+        publishers.push(Arc::new(AmqpPublisher::new(
+            &settings.amqp.url,
+            engine.holder(),
+        )));
+    }
+    if settings.kafka.enabled {
+        publishers.push(Arc::new(KafkaPublisher::new(
+            &settings.kafka.brokers,
+            engine.holder(),
+        )?));
+    }
+    if publishers.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Relay::new(
+        engine.store().clone(),
+        engine.holder(),
+        engine.clock.clone(),
+        settings.clone(),
+        publishers,
+    )))
 }
 
 /// SQLite serves one controller process: hold an exclusive lock on `<db>.lock` while running.

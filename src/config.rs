@@ -35,6 +35,7 @@ pub struct Settings {
     pub executions: crate::engine::ExecutionSettings,
     pub log: crate::telemetry::LogSettings,
     pub events: crate::bus::EventsSettings,
+    pub outbox: crate::outbox::OutboxSettings,
     /// The sections the step modules in `steps/` declare and read.
     #[serde(flatten, skip_deserializing)]
     pub steps: crate::steps::Settings,
@@ -66,6 +67,7 @@ impl Default for Settings {
             executions: Default::default(),
             log: Default::default(),
             events: crate::bus::EventsSettings::default(),
+            outbox: Default::default(),
             steps: crate::steps::Settings::default(),
         }
     }
@@ -82,6 +84,7 @@ impl Settings {
             policy: self.policy.clone(),
             pull: self.pull.clone(),
             executions: self.executions.clone(),
+            outbox: self.outbox.clone(),
         }
     }
 
@@ -169,6 +172,7 @@ impl Settings {
             self.database.validate(),
             self.engine().validate(),
             self.events.validate().map_err(owned),
+            self.outbox.validate(),
             self.steps.validate().map_err(owned),
         ];
         for check in checks {

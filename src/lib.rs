@@ -18,6 +18,8 @@
 //!   the same run (the CLI prints them).
 //! - [`app`]: the bootstrap: `EngineBuilder` (settings → registry → graph → store → engine),
 //!   used by `run`, dead-letter replay and the bench; the transports started beside `run`.
+//! - [`outbox`]: announcements (what thalamus tells downstream), the outbox rows they become,
+//!   and the relay that publishes them at least once.
 //! - [`cli`]: the `thalamus` command line and its tables.
 //! - [`telemetry`]: tracing setup and `log.*` settings.
 //! - [`workspaces`]: plain Workspaces and archive REST clients, rate-limited.
@@ -36,6 +38,7 @@ pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod graph;
+pub mod outbox;
 pub mod secret;
 pub mod sources;
 pub mod step;

@@ -3,6 +3,7 @@
 //! declares the settings it reads; `steps/README.md` is the contract for step authors.
 
 pub mod alma;
+pub mod announcements;
 pub mod archive;
 pub mod events;
 pub mod filesystem;
@@ -15,11 +16,12 @@ use prelude::*;
 /// Everything a step module needs: `use crate::steps::prelude::*;`.
 pub mod prelude {
     pub use super::{Invalid, Settings};
+    pub use crate::outbox::Announcement;
     pub use crate::sources::{scan_root, DatasetScan, Hint, SettleChanges, Settler};
     pub use crate::step::{
-        handle_each, Event, EventError, EventOutcome, EventStep, Link, Model, ModelPolicy, Models,
-        Obj, Progress, PullReport, PullStep, Registry, StepContext, StepError, StepResult,
-        SyncStep, Transport, Undecodable,
+        handle_each, Announcer, Event, EventError, EventOutcome, EventStep, Link, Model,
+        ModelPolicy, Models, Obj, Progress, PullReport, PullStep, Registry, StepContext, StepError,
+        StepResult, SyncStep, Transport, Undecodable,
     };
     pub use crate::store::Change;
     pub use crate::workspaces::{
@@ -47,6 +49,7 @@ pub const MODULES: &[Module] = &[
     ("workspaces", workspaces::register),
     ("archive", archive::register),
     ("events", events::register),
+    ("announcements", announcements::register),
 ];
 
 /// Registers every module's steps, each configured from its own section of `settings`.

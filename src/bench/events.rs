@@ -71,7 +71,7 @@ fn settled(m: &MetricsSnapshot) -> usize {
     (m.applied + m.unchanged + m.dead_lettered) as usize
 }
 
-fn unique(name: &str) -> String {
+pub(super) fn unique(name: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())

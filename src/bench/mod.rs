@@ -7,6 +7,7 @@ mod engine;
 mod events;
 mod idle;
 mod latency;
+mod relay;
 mod report;
 mod scan;
 mod standin;
@@ -26,7 +27,7 @@ pub struct BenchArgs {
     /// Print the figures as JSON (`[{name, value, baseline, ratio, goal, unit}]`).
     #[arg(long)]
     pub json: bool,
-    /// Only these scenarios: reconcile, dirty, scan, memory, events, latency, idle.
+    /// Only these scenarios: reconcile, dirty, scan, memory, events, relay, latency, idle.
     #[arg(long = "only", value_name = "SCENARIO")]
     pub only: Vec<String>,
     /// Objects in the reconcile scenario (default 100000; --quick 10000).
@@ -49,7 +50,7 @@ pub struct BenchArgs {
     /// 10000; --quick 1000). It runs `thalamus run` for two poll periods (one with --quick).
     #[arg(long)]
     pub datasets: Option<usize>,
-    /// Status messages in the events scenario (default 100000; --quick 10000).
+    /// Messages in the events and relay scenarios (default 100000; --quick 10000).
     #[arg(long)]
     pub messages: Option<usize>,
     /// Kafka broker for the events scenario.
@@ -86,12 +87,13 @@ pub async fn run(
     args: &BenchArgs,
     measured: &mut dyn FnMut(&Figure),
 ) -> anyhow::Result<Vec<Figure>> {
-    const SCENARIOS: [&str; 7] = [
+    const SCENARIOS: [&str; 8] = [
         "reconcile",
         "dirty",
         "scan",
         "memory",
         "events",
+        "relay",
         "latency",
         "idle",
     ];
@@ -125,6 +127,10 @@ pub async fn run(
         let n = args.size(args.messages, 100_000, 10_000);
         figures.add([events::kafka(args, n).await?]);
         figures.add([events::amqp(args, n).await?]);
+    }
+    if args.wants("relay") {
+        let n = args.size(args.messages, 100_000, 10_000);
+        figures.add([relay::relay(args, n).await?]);
     }
     if args.wants("latency") {
         figures.add([latency::latency(args).await?]);

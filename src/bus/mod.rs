@@ -5,6 +5,8 @@
 
 mod amqp;
 mod kafka;
+mod publish_amqp;
+mod publish_kafka;
 mod settings;
 
 use std::sync::Arc;
@@ -14,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use amqp::{run_amqp, AmqpSession};
 pub use kafka::{run_kafka, KafkaSource, Received};
+pub use publish_amqp::AmqpPublisher;
+pub use publish_kafka::KafkaPublisher;
 pub use settings::{AmqpBinding, AmqpSettings, EventsSettings, KafkaSettings};
 
 use crate::engine::EventSink;

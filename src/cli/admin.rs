@@ -30,8 +30,7 @@ pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Resul
     let beat = seat.clone();
     let heartbeat = tokio::spawn(async move { heart.keep(&beat).await });
     let result = if once {
-        engine
-            .run_once()
+        crate::app::run_once(&engine)
             .await
             .map(|report| println!("{}", summary(&report)))
     } else {

@@ -4,6 +4,7 @@ mod admin;
 mod bench;
 mod dead_letters;
 mod inspect;
+mod outbox;
 mod output;
 
 use std::path::PathBuf;
@@ -96,6 +97,9 @@ pub enum Command {
     /// Messages no event step could apply: list, show, replay, purge.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLetters),
+    /// What thalamus announces downstream: list, show, send again.
+    #[command(subcommand)]
+    Outbox(outbox::Outbox),
     /// Measure the controller against the limits of this machine, as ratios in one run.
     Bench(crate::bench::BenchArgs),
 }
@@ -163,6 +167,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Retry { kind, key } => inspect::retry(&settings, &kind, &key).await,
         Command::Delete { kind, key } => inspect::delete(&settings, &kind, &key).await,
         Command::DeadLetters(command) => dead_letters::run(settings, command).await,
+        Command::Outbox(command) => outbox::run(settings, command).await,
         Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -39,6 +39,14 @@ impl Tally {
     }
 }
 
+/// Whether a message carries the header thalamus puts on what it announces.
+fn is_own_announcement(event: &Event) -> bool {
+    event
+        .headers
+        .iter()
+        .any(|(name, _)| name == crate::outbox::ORIGIN_HEADER)
+}
+
 impl Engine {
     /// Applies one message; see [`Engine::apply_events`].
     pub async fn apply_event(&self, event: &Event) -> anyhow::Result<EventReport> {
@@ -54,6 +62,34 @@ impl Engine {
     /// means the effects may not all be stored: the transport must not acknowledge any of
     /// them, so they all come again (steps are idempotent).
     pub async fn apply_events(&self, events: &[Event]) -> anyhow::Result<Vec<EventReport>> {
+        // thalamus's own announcements come back on the exchanges it consumes: they say
+        // nothing new (their change is stored already), so they are acknowledged unapplied,
+        // and a change can never announce itself again in a loop.
+        let own: Vec<bool> = events.iter().map(is_own_announcement).collect();
+        if !own.contains(&true) {
+            return self.apply_foreign(events).await;
+        }
+        let foreign: Vec<Event> = events
+            .iter()
+            .zip(&own)
+            .filter(|(_, own)| !**own)
+            .map(|(e, _)| e.clone())
+            .collect();
+        let mut applied = self.apply_foreign(&foreign).await?.into_iter();
+        Ok(own
+            .iter()
+            .map(|own| match own {
+                true => Some(EventReport::Unchanged(vec![
+                    "thalamus's own announcement".into()
+                ])),
+                false => applied.next(),
+            })
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default())
+    }
+
+    /// [`Engine::apply_events`] for messages thalamus did not announce itself.
+    async fn apply_foreign(&self, events: &[Event]) -> anyhow::Result<Vec<EventReport>> {
         let mut tallies: Vec<Tally> = events.iter().map(|_| Tally::default()).collect();
         let mut executions = Vec::with_capacity(events.len());
         let mut start = 0;

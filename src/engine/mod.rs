@@ -40,7 +40,7 @@ pub use settings::{
 
 use crate::clock::Clock;
 use crate::graph::DepGraph;
-use crate::step::{Models, Registry};
+use crate::step::{Announcers, Models, Registry};
 use crate::store::Store;
 
 /// The reconciliation controller: the store, the steps, the graph, and the loops over them.
@@ -52,6 +52,8 @@ pub struct Engine {
     pub(crate) settings: Arc<EngineSettings>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) models: Models,
+    /// What changes announce downstream, and the herald writing it to the outbox.
+    pub(crate) announcers: Announcers,
     pub(crate) backoff: Backoff,
     holder: String,
     shutdown: CancellationToken,
@@ -92,7 +94,11 @@ impl Engine {
             .holder_id
             .clone()
             .unwrap_or_else(default_holder);
-        let models = Models::new(store.clone(), clock.clone());
+        let announcers = registry
+            .announcers
+            .clone()
+            .with_herald(crate::outbox::Herald::new(&settings.outbox));
+        let models = Models::new(store.clone(), clock.clone()).with_announcers(announcers.clone());
         Self {
             backoff: Backoff::new(&settings.sync.backoff),
             store,
@@ -101,6 +107,7 @@ impl Engine {
             settings: Arc::new(settings),
             clock,
             models,
+            announcers,
             holder,
             shutdown: CancellationToken::new(),
             wake: Arc::new(Notify::new()),
@@ -145,6 +152,11 @@ impl Engine {
     /// Now, from the engine's clock.
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Woken whenever a change wrote outbox rows, so the relay publishes them at once.
+    pub fn outbox_written(&self) -> Arc<Notify> {
+        self.announcers.written.clone()
     }
 
     /// Makes a sleeping [`Engine::run`] look for work now.

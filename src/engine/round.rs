@@ -554,8 +554,21 @@ impl<'e> Round<'e> {
         status: Option<(String, String)>,
         execution: Option<NewExecution>,
     ) {
+        let e = self.engine;
         let node = &mut self.nodes[i];
         node.settled = true;
+        let row = &node.row;
+        let announce = match &status {
+            Some((before, after)) if e.announcers.announces(&row.kind) => e
+                .announcers
+                .on_status(&row.kind, &row.key, &row.spec, before, after, Vec::new())
+                .unwrap_or_else(|err| {
+                    // The step wrote this status itself; it decodes unless the kind changed.
+                    warn!(kind = %row.kind, key = %row.key, "announcing a status failed: {err:#}");
+                    Vec::new()
+                }),
+            _ => Vec::new(),
+        };
         self.pending.push(OutcomeRecord {
             id: node.row.id,
             kind: node.row.kind.clone(),
@@ -566,7 +579,8 @@ impl<'e> Round<'e> {
             settled,
             status,
             execution,
-            has_dependents: self.engine.graph.has_dependents(&node.row.kind),
+            has_dependents: e.graph.has_dependents(&node.row.kind),
+            announce,
         });
         if self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + FLUSH_EVERY);

@@ -142,6 +142,8 @@ pub struct EngineSettings {
     pub policy: PolicySettings,
     pub pull: PullSettings,
     pub executions: ExecutionSettings,
+    /// What changes announce, and on which transports (the relay runs beside the engine).
+    pub outbox: crate::outbox::OutboxSettings,
 }
 
 impl EngineSettings {

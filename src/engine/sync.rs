@@ -140,6 +140,7 @@ impl Engine {
                 status: None,
                 execution: None,
                 has_dependents: false,
+                announce: Vec::new(),
             })
             .collect();
         let now = self.clock.now_ms();

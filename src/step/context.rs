@@ -4,21 +4,37 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use super::announce::Announcers;
 use super::model::{Model, Obj};
 use crate::clock::Clock;
-use crate::store::{Change, ObjectRow, SettleRecord, SpecChange, StatusWrite, Store, StoreError};
+use crate::outbox::Announcement;
+use crate::store::{
+    canonical, Change, ObjectRow, SettleRecord, SpecChange, StatusWrite, Store, StoreError,
+};
 
 /// Typed read/write access to models, for pull steps, policies and event steps.
 #[derive(Clone)]
 pub struct Models {
     store: Store,
     clock: Arc<dyn Clock>,
+    /// What a write's changes announce (nothing unless the engine was given announcers).
+    announcers: Announcers,
 }
 
 impl Models {
     /// Access over `store`, timestamped by `clock`.
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            announcers: Announcers::default(),
+        }
+    }
+
+    /// The same access, writing what each change announces to the outbox with it.
+    pub(crate) fn with_announcers(mut self, announcers: Announcers) -> Self {
+        self.announcers = announcers;
+        self
     }
 
     /// Now, in epoch milliseconds, from the engine's clock.
@@ -37,10 +53,10 @@ impl Models {
     /// Upserts one desired state; unchanged specs change nothing.
     pub async fn upsert<M: Model>(&self, key: &str, spec: &M) -> anyhow::Result<Change> {
         let value = serde_json::to_value(spec).context("serialising spec")?;
-        Ok(self
-            .store
-            .upsert(M::KIND, key, &value, self.now_ms())
-            .await?)
+        let mut changes = self
+            .upsert_values::<M>(vec![(key.to_string(), value)])
+            .await?;
+        Ok(changes.remove(0).change)
     }
 
     /// Upserts many desired states of one kind in one transaction.
@@ -53,10 +69,32 @@ impl Models {
             .map(|(k, m)| Ok((k.clone(), serde_json::to_value(m)?)))
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .context("serialising specs")?;
-        Ok(self
+        self.upsert_values::<M>(values).await
+    }
+
+    /// Upserts serialised specs of kind `M`, with what each announces if it is new or changed.
+    async fn upsert_values<M: Model>(
+        &self,
+        values: Vec<(String, serde_json::Value)>,
+    ) -> anyhow::Result<Vec<SpecChange>> {
+        // What each item announces if it turns out new or changed (the store writes it only
+        // then, in the same transaction).
+        let announce = if self.announcers.announces(M::KIND) {
+            values
+                .iter()
+                .map(|(key, spec)| self.announcers.on_spec(M::KIND, key, spec))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        } else {
+            Vec::new()
+        };
+        let changes = self
             .store
-            .upsert_many(M::KIND, &values, self.now_ms())
-            .await?)
+            .upsert_announcing(M::KIND, &values, &announce, self.now_ms())
+            .await?;
+        if announce.iter().any(|rows| !rows.is_empty()) {
+            self.announcers.written.notify_one();
+        }
+        Ok(changes)
     }
 
     /// Upserts many desired states of one kind like [`Models::upsert_many`]; when the store
@@ -136,21 +174,51 @@ impl Models {
         objects: &[&Obj<M>],
         resync: bool,
     ) -> anyhow::Result<u64> {
-        let writes = objects
-            .iter()
-            .map(|o| {
-                Ok(StatusWrite {
-                    key: o.key.clone(),
-                    status: serde_json::to_value(&o.status)?,
-                    revision: Some(o.revision),
-                })
-            })
-            .collect::<Result<Vec<_>, serde_json::Error>>()
-            .context("serialising status")?;
-        Ok(self
+        let objects: Vec<(&Obj<M>, Vec<Announcement>)> =
+            objects.iter().map(|o| (*o, Vec::new())).collect();
+        self.set_statuses_saying(&objects, resync).await
+    }
+
+    /// [`Models::set_statuses`], each object's write also announcing what its writer says
+    /// (beside what its kind's announcers say of the change): e.g. a workflow status re-said
+    /// as capability status. Written only with the status, in the same transaction.
+    pub async fn set_statuses_saying<M: Model>(
+        &self,
+        objects: &[(&Obj<M>, Vec<Announcement>)],
+        resync: bool,
+    ) -> anyhow::Result<u64> {
+        let mut writes = Vec::with_capacity(objects.len());
+        for (o, extra) in objects {
+            let status = serde_json::to_value(&o.status).context("serialising status")?;
+            let announce = if self.announcers.announces(M::KIND) || !extra.is_empty() {
+                let spec = serde_json::to_string(&o.spec).context("serialising spec")?;
+                self.announcers.on_status(
+                    M::KIND,
+                    &o.key,
+                    &spec,
+                    &o.stored_status,
+                    &canonical(&status),
+                    extra.clone(),
+                )?
+            } else {
+                Vec::new()
+            };
+            writes.push(StatusWrite {
+                key: o.key.clone(),
+                status,
+                revision: Some(o.revision),
+                announce,
+            });
+        }
+        let said = writes.iter().any(|w| !w.announce.is_empty());
+        let written = self
             .store
             .set_statuses(M::KIND, &writes, self.now_ms(), resync)
-            .await?)
+            .await?;
+        if said && written > 0 {
+            self.announcers.written.notify_one();
+        }
+        Ok(written)
     }
 
     /// Objects of kind `M` whose observed status records one of the requests `ids`, in one
@@ -221,5 +289,6 @@ pub(crate) fn typed<M: Model>(row: &ObjectRow) -> anyhow::Result<Obj<M>> {
         attempts: row.attempts,
         deleted: row.deleted_at.is_some(),
         revision: row.revision,
+        stored_status: Arc::from(row.status.as_str()),
     })
 }

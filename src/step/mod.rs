@@ -3,11 +3,14 @@
 //! steps upsert desired state from sources; policies derive models from models; event steps
 //! absorb feedback. Steps import it through `crate::steps::prelude`.
 
+mod announce;
 mod context;
 mod model;
 mod registry;
 mod traits;
 
+pub use announce::Announcer;
+pub(crate) use announce::Announcers;
 pub use context::{Models, StepContext, Undecodable};
 pub use model::{Link, Model, Obj};
 pub use registry::{Registry, SyncKind};

@@ -70,4 +70,7 @@ pub struct Obj<M: Model> {
     /// The object's revision when it was read (every change bumps it), so a write can insist
     /// that nobody changed the object since.
     pub revision: i64,
+    /// The status as it was stored when read, so a write can tell what changed (and what
+    /// that announces).
+    pub(crate) stored_status: std::sync::Arc<str>,
 }

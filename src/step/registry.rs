@@ -17,6 +17,7 @@ pub struct Registry {
     pub(crate) pulls: Vec<Arc<dyn PullStep>>,
     pub(crate) policies: BTreeMap<String, Vec<Arc<dyn DynPolicy>>>,
     pub(crate) events: Vec<Arc<dyn EventStep>>,
+    pub(crate) announcers: super::Announcers,
 }
 
 impl Registry {
@@ -55,6 +56,12 @@ impl Registry {
     /// Registers an event step.
     pub fn event<E: EventStep>(&mut self, step: E) -> &mut Self {
         self.events.push(Arc::new(step));
+        self
+    }
+
+    /// Registers an announcer for its model's kind (several may share a kind).
+    pub fn announcer<A: super::Announcer>(&mut self, announcer: A) -> &mut Self {
+        self.announcers.add(announcer);
         self
     }
 

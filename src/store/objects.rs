@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+use super::outbox::{insert_outbox, NewOutboxRow};
 use super::{with_pool, BeginWrite, Result, Store, StoreError};
 
 /// One object as stored, every column; steps see it through typed wrappers.
@@ -108,6 +109,23 @@ impl Store {
         items: &[(String, Value)],
         now: i64,
     ) -> Result<Vec<SpecChange>> {
+        self.upsert_announcing(kind, items, &[], now).await
+    }
+
+    /// [`Store::upsert_many`], writing `announce[i]` to the outbox in the same transaction
+    /// when item `i` is created or changed (nothing when it is unchanged). `announce` may be
+    /// empty (no announcements) or as long as `items`.
+    pub async fn upsert_announcing(
+        &self,
+        kind: &str,
+        items: &[(String, Value)],
+        announce: &[Vec<NewOutboxRow>],
+        now: i64,
+    ) -> Result<Vec<SpecChange>> {
+        let mut announcements: HashMap<&str, &[NewOutboxRow]> = HashMap::new();
+        for ((key, _), rows) in items.iter().zip(announce) {
+            announcements.insert(key.as_str(), rows.as_slice());
+        }
         let mut prepared = Vec::with_capacity(items.len());
         let mut given: HashMap<&str, String> = HashMap::with_capacity(items.len());
         for (key, spec) in items {
@@ -190,6 +208,11 @@ impl Store {
                             }
                         }
                     };
+                    if change != Change::Unchanged {
+                        if let Some(rows) = announcements.get(*key) {
+                            insert_outbox!(tx, rows.iter(), now);
+                        }
+                    }
                     out.push(SpecChange { key: key.to_string(), change });
                 }
             }

@@ -4,6 +4,7 @@
 //! spec, a deletion).
 
 use super::executions::{InsertExecutions as _, NewExecution, Outcome};
+use super::outbox::NewOutboxRow;
 use super::statement::{Param, Statement};
 use super::{with_pool, BeginWrite, Result, Store};
 
@@ -50,6 +51,9 @@ pub struct OutcomeRecord {
     pub execution: Option<NewExecution>,
     /// Whether other kinds link to this one, so its convergence may wake waiting dependents.
     pub has_dependents: bool,
+    /// What the outcome announces (a status change worth saying): written with it, or not
+    /// at all when it is not applied (a lost lease, a status that lost to an event).
+    pub announce: Vec<NewOutboxRow>,
 }
 
 /// What [`Store::settle`] did with a batch of outcomes.
@@ -273,7 +277,9 @@ impl Store {
             // one statement per generation instead of one per object.
             let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records
                 .iter()
-                .partition(|r| r.status.is_none() && r.sync_job && matches!(r.settled, Settled::Synced));
+                .partition(|r| {
+                    r.status.is_none() && r.sync_job && r.announce.is_empty() && matches!(r.settled, Settled::Synced)
+                });
             for r in &single {
                 if !settle_one!(tx, now, r) {
                     settlement.rerun.push(r.id);
@@ -368,6 +374,7 @@ mod tests {
             status: status.then(|| ("{}".to_string(), r#"{"request_id":1}"#.to_string())),
             execution: None,
             has_dependents: false,
+            announce: Vec::new(),
         }
     }
 

@@ -1,12 +1,13 @@
 //! Observed status: finding the objects behind Workspaces requests, and writing many statuses
 //! in one transaction, so an event step can apply a broker's batch in a few statements.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
 
 use super::objects::{canonical, object_json_columns, ObjectRow, OBJECT_COLUMNS};
-use super::{Db, Result, Store, StoreError};
+use super::outbox::{insert_outbox, NewOutboxRow};
+use super::{BeginWrite, Db, Result, Store, StoreError};
 
 /// A status to write to one object, by key.
 #[derive(Debug, Clone)]
@@ -16,6 +17,9 @@ pub struct StatusWrite {
     /// Write only if the object's revision is still this (nobody changed it since it was
     /// read); `None` writes whatever it is.
     pub revision: Option<i64>,
+    /// What the change announces: written to the outbox with it, in the same transaction,
+    /// or not at all when the status is not written.
+    pub announce: Vec<NewOutboxRow>,
 }
 
 impl Store {
@@ -32,6 +36,7 @@ impl Store {
             key: key.to_string(),
             status: status.clone(),
             revision: None,
+            announce: Vec::new(),
         };
         Ok(self.set_statuses(kind, &[write], now, false).await? > 0)
     }
@@ -51,11 +56,15 @@ impl Store {
         let mut keys = Vec::with_capacity(items.len());
         let mut statuses = Vec::with_capacity(items.len());
         let mut revisions = Vec::with_capacity(items.len());
+        let mut announce: HashMap<&str, &[NewOutboxRow]> = HashMap::new();
         for w in items.iter().rev() {
             if seen.insert(w.key.as_str()) {
                 keys.push(w.key.as_str());
                 statuses.push(canonical(&w.status));
                 revisions.push(w.revision);
+                if !w.announce.is_empty() {
+                    announce.insert(w.key.as_str(), &w.announce);
+                }
             }
         }
         if keys.is_empty() {
@@ -68,7 +77,9 @@ impl Store {
              next_attempt_at = CASE WHEN {resyncs} THEN $2 ELSE next_attempt_at END, \
              reason = CASE WHEN {resyncs} THEN 'event' ELSE reason END"
         );
-        let done = match &self.db {
+        // The keys written come back, so their announcements are written with them.
+        let returning = "RETURNING objects.key";
+        let written: Vec<String> = match &self.db {
             Db::Sqlite(pool) => {
                 let rows: Vec<(&str, &str, Option<i64>)> = keys
                     .iter()
@@ -83,18 +94,25 @@ impl Store {
                      (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1)) \
                      UPDATE objects SET {set} FROM j \
                      WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
-                     AND (j.expected IS NULL OR objects.revision = j.expected)"
+                     AND (j.expected IS NULL OR objects.revision = j.expected) {returning}"
                 );
                 let rows = serde_json::to_string(&rows)
                     .map_err(|e| StoreError::Invalid(format!("encoding statuses: {e}")))?;
-                sqlx::query(&sql)
+                let mut tx = pool.begin_write().await?;
+                let written: Vec<String> = sqlx::query_scalar(&sql)
                     .bind(rows)
                     .bind(now)
                     .bind(kind)
                     .bind(resync)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for key in &written {
+                    if let Some(rows) = announce.get(key.as_str()) {
+                        insert_outbox!(tx, rows.iter(), now);
+                    }
+                }
+                tx.commit().await?;
+                written
             }
             Db::Postgres(pool) => {
                 let sql = format!(
@@ -102,21 +120,28 @@ impl Store {
                      FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[]), CAST($6 AS BIGINT[])) \
                      AS j(key, status, expected) \
                      WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
-                     AND (j.expected IS NULL OR objects.revision = j.expected)"
+                     AND (j.expected IS NULL OR objects.revision = j.expected) {returning}"
                 );
-                sqlx::query(&sql)
+                let mut tx = pool.begin_write().await?;
+                let written: Vec<String> = sqlx::query_scalar(&sql)
                     .bind(&keys)
                     .bind(now)
                     .bind(kind)
                     .bind(resync)
                     .bind(&statuses)
                     .bind(&revisions)
-                    .execute(pool)
-                    .await?
-                    .rows_affected()
+                    .fetch_all(&mut *tx)
+                    .await?;
+                for key in &written {
+                    if let Some(rows) = announce.get(key.as_str()) {
+                        insert_outbox!(tx, rows.iter(), now);
+                    }
+                }
+                tx.commit().await?;
+                written
             }
         };
-        Ok(done)
+        Ok(written.len() as u64)
     }
 
     /// Objects of `kinds` whose observed status has a `request_id` among `ids` (indexed).

@@ -7,6 +7,7 @@ pub mod brokers;
 pub mod controller;
 pub mod gate;
 pub mod kafka_proxy;
+pub mod listener;
 pub mod logs;
 pub mod proxy;
 pub mod rng;
