@@ -22,6 +22,10 @@ pub struct VlaSettings {
     pub poll_seconds: u64,
     pub settle_seconds: u64,
     pub marker_file: Option<String>,
+    /// How long an SDM whose Main.xml references BDFs that have not arrived waits for them
+    /// (counted from its last change) before it is ingested without them, naming them. A
+    /// marker file means "complete" at once, whatever is missing.
+    pub missing_bdf_wait_seconds: u64,
 }
 
 /// `sources.vlba`: a directory whose immediate subdirectories are datasets (VLBA correlator
@@ -48,6 +52,7 @@ impl Default for VlaSettings {
             poll_seconds: 30,
             settle_seconds: 60,
             marker_file: None,
+            missing_bdf_wait_seconds: 600,
         }
     }
 }

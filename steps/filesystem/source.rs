@@ -134,6 +134,7 @@ impl DirectorySource {
             location: scan.dir.to_string_lossy().into_owned(),
             files,
             requested_at: None,
+            missing_files: vec![],
             not_calibratable: None,
         };
         (obs.key(), obs)

@@ -7,7 +7,9 @@ mod requests;
 mod settings;
 
 pub use requests::Requests;
-pub use settings::{configured, CalibrationTargets, IngestionTargets, Target, WorkspacesSettings};
+pub use settings::{
+    configured, CalibrationTargets, IngestionTargets, OnNewGeneration, Target, WorkspacesSettings,
+};
 
 use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
 use crate::steps::prelude::*;
