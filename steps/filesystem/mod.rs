@@ -11,7 +11,9 @@ use crate::steps::prelude::*;
 use source::{DirectorySource, ExtraFiles, Layout};
 
 /// `sources.vla`: SDM directories under `path`, BDF files under `bdf_path`, referenced from
-/// Main.xml.
+/// Main.xml. An SDM is taken once complete: every BDF it references has arrived and settled,
+/// or `missing_bdf_wait_seconds` has passed without a change (or its marker file exists), and
+/// then the missing ones are named.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VlaSettings {
@@ -130,6 +132,7 @@ pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<
             marker: vla.marker_file.clone(),
             poll_seconds: vla.poll_seconds,
             settle_seconds: vla.settle_seconds,
+            missing_wait_seconds: vla.missing_bdf_wait_seconds,
         };
         registry.pull(DirectorySource::new(
             "vla",
@@ -147,6 +150,7 @@ pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<
             marker: vlba.marker_file.clone(),
             poll_seconds: vlba.poll_seconds,
             settle_seconds: vlba.settle_seconds,
+            missing_wait_seconds: 0,
         };
         let no_extra: Arc<ExtraFiles> = Arc::new(|_: &DatasetScan| Ok(Vec::new()));
         registry.pull(DirectorySource::new(
