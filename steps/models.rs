@@ -193,6 +193,17 @@ pub struct RequestStatus {
     pub failure_reported: Option<i64>,
 }
 
+impl RequestStatus {
+    /// The generation the tracked request serves: `generation`, or for a status written
+    /// before that field existed, the `@<generation>` its external id ends with.
+    pub fn served_generation(&self) -> Option<i64> {
+        self.generation.or_else(|| {
+            let (_, generation) = self.external_id.as_deref()?.rsplit_once('@')?;
+            generation.parse().ok()
+        })
+    }
+}
+
 /// Records an observation: there is nothing to enact for a dataset that exists; syncing it
 /// lets its ingestion proceed in dependency order.
 pub struct RecordObservation;

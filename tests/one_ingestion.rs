@@ -86,7 +86,11 @@ impl World {
 
     /// Runs the engine once `kind key` is due again (after its backoff or deferral).
     async fn when_due(&self, kind: &str, key: &str) -> thalamus::engine::OnceReport {
-        let due = self.row(kind, key).await.next_attempt_at.expect("scheduled");
+        let due = self
+            .row(kind, key)
+            .await
+            .next_attempt_at
+            .expect("scheduled");
         self.clock.set(due.max(self.clock.now_ms()));
         self.once().await
     }
@@ -390,7 +394,10 @@ async fn a_new_generation_waits_for_the_request_in_flight(backend: Backend) {
     w.observe(SDM, 4).await;
     w.once().await;
     assert_eq!(w.creates("Ingestion").len(), 1);
-    assert_eq!(w.status("Ingestion", &key).await["waiting_generation"], json!(4));
+    assert_eq!(
+        w.status("Ingestion", &key).await["waiting_generation"],
+        json!(4)
+    );
     // The old request's status messages still find it.
     let applied = w
         .status_message(1, "Executing", "copying 80%", "2026-01-01T00:05:00Z")
@@ -478,7 +485,10 @@ async fn ingestion_complete_completes_the_request_in_flight(backend: Backend) {
 /// With `on_new_generation: cancel` the request in flight is cancelled, and only once it has
 /// ended is the new generation requested.
 async fn cancel_supersedes_the_request_in_flight(backend: Backend) {
-    let w = World::new(backend, |s| s.workspaces.ingestion.vla = cancelling("ingest_vla")).await;
+    let w = World::new(backend, |s| {
+        s.workspaces.ingestion.vla = cancelling("ingest_vla")
+    })
+    .await;
     let key = w.observe(SDM, 1).await;
     w.once().await;
     w.stub.set_state(1, "Executing", None);
@@ -526,7 +536,10 @@ async fn cancel_supersedes_the_request_in_flight(backend: Backend) {
 /// A cancel that fails is retried with backoff, never skipped: no new request before the old
 /// one is cancelled.
 async fn a_failing_cancel_is_retried_never_skipped(backend: Backend) {
-    let w = World::new(backend, |s| s.workspaces.ingestion.vla = cancelling("ingest_vla")).await;
+    let w = World::new(backend, |s| {
+        s.workspaces.ingestion.vla = cancelling("ingest_vla")
+    })
+    .await;
     let key = w.observe(SDM, 1).await;
     w.once().await;
     w.stub
@@ -551,7 +564,10 @@ async fn a_failing_cancel_is_retried_never_skipped(backend: Backend) {
     let row = w.row("Ingestion", &key).await;
     assert_eq!(row.attempts, 2);
     assert!(
-        row.last_error.as_deref().unwrap().contains("busy, try later"),
+        row.last_error
+            .as_deref()
+            .unwrap()
+            .contains("busy, try later"),
         "{:?}",
         row.last_error
     );
@@ -612,6 +628,34 @@ async fn a_deletion_waits_for_or_cancels_the_request_in_flight(backend: Backend)
     }
 }
 
+/// The answer to the first create was lost (the request exists, Created, but its id was never
+/// recorded) and a newer generation arrives: the lost request is found by its external id and
+/// waited for (submitted first, as it was meant to run), never left beside a second one.
+async fn a_request_whose_create_answer_was_lost_is_still_waited_for(backend: Backend) {
+    let w = World::new(backend, |_| {}).await;
+    w.stub.fault(Route::Create, Fault::Lost(500));
+    let key = w.observe(SDM, 1).await;
+    let r = w.once().await;
+    assert_eq!(r.sync.failed, 1);
+    assert_eq!(w.stub.requests()[0].state, "Created");
+    w.observe(SDM, 2).await;
+    w.when_due("Ingestion", &key).await;
+    assert_eq!(w.creates("Ingestion").len(), 1);
+    assert_eq!(w.stub.requests()[0].state, "Submitted");
+    assert_eq!(
+        w.row("Ingestion", &key).await.backend_status,
+        "waiting for capability request 1 (ingest_vla) of generation 1 to finish; \
+         generation 2 is requested next (on_new_generation: wait)"
+    );
+    w.stub.set_state(1, "Complete", None);
+    w.later(60).await;
+    assert_eq!(
+        w.creates("Ingestion"),
+        [format!("Ingestion/{key}@1"), format!("Ingestion/{key}@2")]
+    );
+    w.assert_one_in_flight();
+}
+
 /// Calibrations follow the same rule, and so do workflows.
 async fn calibration_workflows_wait_too(backend: Backend) {
     let w = World::new(backend, |s| {
@@ -640,11 +684,15 @@ async fn calibration_workflows_wait_too(backend: Backend) {
              generation 2 is requested next (on_new_generation: wait)"
         )
     );
-    w.stub.set_state(calibration, "Failed", Some("no calibrator"));
+    w.stub
+        .set_state(calibration, "Failed", Some("no calibrator"));
     w.when_due("Calibration", &key).await;
     assert_eq!(
         w.creates("Calibration"),
-        [format!("Calibration/{key}@1"), format!("Calibration/{key}@2")]
+        [
+            format!("Calibration/{key}@1"),
+            format!("Calibration/{key}@2")
+        ]
     );
     w.assert_one_in_flight();
 }
@@ -658,6 +706,7 @@ both_backends!(
     cancel_supersedes_the_request_in_flight,
     a_failing_cancel_is_retried_never_skipped,
     a_deletion_waits_for_or_cancels_the_request_in_flight,
+    a_request_whose_create_answer_was_lost_is_still_waited_for,
     calibration_workflows_wait_too,
 );
 
@@ -680,7 +729,12 @@ fn on_new_generation_is_read_per_target() {
         "wait is the default"
     );
     assert_eq!(
-        s.workspaces.ingestion.alma.as_ref().unwrap().on_new_generation,
+        s.workspaces
+            .ingestion
+            .alma
+            .as_ref()
+            .unwrap()
+            .on_new_generation,
         OnNewGeneration::Wait
     );
     assert_eq!(s.sources.vla.missing_bdf_wait_seconds, 600);
@@ -692,7 +746,8 @@ fn on_new_generation_is_read_per_target() {
             .unwrap_err()
             .to_string()
     };
-    let err = bad("workspaces:\n  ingestion:\n    vla: {capability: x, on_new_generation: later}\n");
+    let err =
+        bad("workspaces:\n  ingestion:\n    vla: {capability: x, on_new_generation: later}\n");
     assert!(err.contains("later"), "{err}");
     let err = bad("workspaces:\n  ingestion:\n    vla: {on_new_generation: cancel}\n");
     assert!(err.contains("`capability` or `workflow`"), "{err}");
