@@ -739,10 +739,7 @@ fn workspaces_defaults_and_overrides() {
         (ws.poll_seconds, ws.timeout_seconds, ws.requests_per_second),
         (60, 30, 20.0)
     );
-    assert_eq!(
-        ws.ingestion.vla,
-        Some(Target::capability("ingest_vla"))
-    );
+    assert_eq!(ws.ingestion.vla, Some(Target::capability("ingest_vla")));
     assert_eq!(
         ws.ingestion.alma_calibration,
         Some(Target::capability("ingest_alma_calibration"))

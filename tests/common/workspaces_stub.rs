@@ -441,8 +441,15 @@ fn work(
             let overlapping: Vec<String> = inner
                 .requests
                 .iter()
-                .filter(|r| object_of(&r.external_id) == object_of(external_id) && is_live(&r.state))
-                .map(|r| format!("{external_id} (live: {} {} {})", r.id, r.external_id, r.state))
+                .filter(|r| {
+                    object_of(&r.external_id) == object_of(external_id) && is_live(&r.state)
+                })
+                .map(|r| {
+                    format!(
+                        "{external_id} (live: {} {} {})",
+                        r.id, r.external_id, r.state
+                    )
+                })
                 .collect();
             inner.overlaps.extend(overlapping);
             let id = inner.requests.len() as i64 + 1;
