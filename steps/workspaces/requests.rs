@@ -202,6 +202,7 @@ impl Requests {
             running.id,
             target.name()
         );
+        let setting = format!("on_new_generation: {}", target.on_new_generation.as_str());
         if target.on_new_generation == OnNewGeneration::Wait {
             if running.state == RequestState::Created {
                 running = self.client.submit(service, running.id).await?;
@@ -209,16 +210,13 @@ impl Requests {
             }
             let reason = match next {
                 Next::Generation(g) => format!(
-                    "waiting for {what} to finish; generation {g} is requested next \
-                     (on_new_generation: wait)"
+                    "waiting for {what} to finish; generation {g} is requested next ({setting})"
                 ),
-                Next::Deletion => {
-                    format!("deleting once {what} has finished (on_new_generation: wait)")
-                }
+                Next::Deletion => format!("deleting once {what} has finished ({setting})"),
             };
             return Ok(Progress::deferred(self.poll, reason));
         }
-        let cancelling = || format!("cancelling {what} (on_new_generation: cancel)");
+        let cancelling = || format!("cancelling {what} ({setting})");
         let cancelled = match self.client.cancel(service, running.id).await {
             Ok(answer) => {
                 if let Some(answer) = answer.filter(|a| a.id == running.id) {
@@ -253,10 +251,8 @@ impl Requests {
             format!("{what} ended {} before it was cancelled", now_state(status))
         };
         let reason = match next {
-            Next::Generation(g) => {
-                format!("{done}; generation {g} is requested next (on_new_generation: cancel)")
-            }
-            Next::Deletion => format!("deleting: {done} (on_new_generation: cancel)"),
+            Next::Generation(g) => format!("{done}; generation {g} is requested next ({setting})"),
+            Next::Deletion => format!("deleting: {done} ({setting})"),
         };
         let after = if ended { AFTER_CANCEL } else { self.poll };
         Ok(Progress::deferred(after, reason))
