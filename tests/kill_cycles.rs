@@ -313,7 +313,9 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
     }
     let overlaps = stub.overlaps();
     if !overlaps.is_empty() {
-        failures.push(format!("two requests of one object in flight: {overlaps:?}"));
+        failures.push(format!(
+            "two requests of one object in flight: {overlaps:?}"
+        ));
     }
     let by_key: BTreeMap<(&str, &str), &Row> = rows
         .iter()

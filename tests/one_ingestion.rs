@@ -11,6 +11,8 @@ mod common;
 
 use std::sync::Arc;
 
+use common::brokers::eventually;
+use common::gate::Gate;
 use common::workspaces_stub::{Fault, Route, Stub};
 use common::{Backend, TestDb, T0};
 use serde_json::{json, Value};
@@ -451,6 +453,47 @@ async fn a_new_generation_waits_for_the_request_in_flight(backend: Backend) {
     w.assert_one_in_flight();
 }
 
+/// The old request's Complete arrives as a status message while the waiting step's own look
+/// at that request (which still says Executing) is in flight: the message wins, and the newest
+/// generation is requested at once, not a poll interval later.
+async fn the_old_requests_completion_racing_the_waiting_step_is_not_lost(backend: Backend) {
+    let w = World::new(backend, |_| {}).await;
+    let key = w.observe(SDM, 1).await;
+    w.once().await;
+    w.stub.set_state(1, "Executing", None);
+    w.observe(SDM, 2).await;
+    w.once().await;
+    assert_eq!(w.creates("Ingestion").len(), 1);
+    let gate = Gate::new();
+    w.stub.fault(Route::Get, Fault::Hold(gate.clone()));
+    w.clock.advance(60_000);
+    let engine = w.engine.clone();
+    let pass = tokio::spawn(async move { engine.sync_pass().await });
+    let polls = |w: &World| {
+        w.stub
+            .lines()
+            .iter()
+            .filter(|l| *l == "GET /workspaces/capability/request/1")
+            .count()
+    };
+    eventually("the held look at request 1", || async { polls(&w) == 2 }).await;
+    w.stub.set_state(1, "Complete", None);
+    let applied = w
+        .status_message(1, "Complete", "ingested", "2026-01-01T00:02:00Z")
+        .await;
+    assert!(matches!(applied, EventReport::Applied(_)), "{applied:?}");
+    gate.open();
+    pass.await.unwrap().unwrap();
+    w.once().await;
+    assert_eq!(
+        w.creates("Ingestion"),
+        [format!("Ingestion/{key}@1"), format!("Ingestion/{key}@2")],
+        "requested in the same minute the old one completed"
+    );
+    assert_eq!(polls(&w), 2, "the message said it: no need to look again");
+    w.assert_one_in_flight();
+}
+
 /// The archive's ingestion-complete for an observation whose newer generation waits completes
 /// the request in flight (its generation), not the generation waiting behind it.
 async fn ingestion_complete_completes_the_request_in_flight(backend: Backend) {
@@ -702,6 +745,7 @@ both_backends!(
     past_the_wait_an_sdm_is_ingested_naming_what_is_missing,
     a_marker_means_complete_whatever_is_missing,
     a_new_generation_waits_for_the_request_in_flight,
+    the_old_requests_completion_racing_the_waiting_step_is_not_lost,
     ingestion_complete_completes_the_request_in_flight,
     cancel_supersedes_the_request_in_flight,
     a_failing_cancel_is_retried_never_skipped,
