@@ -154,6 +154,7 @@ impl PullStep for AlmaSource {
                     name: uid,
                     files: Vec::new(),
                     requested_at,
+                    missing_files: Vec::new(),
                 };
                 items.push((obs.key(), obs));
             }

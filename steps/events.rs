@@ -318,12 +318,19 @@ impl EventStep for IngestionComplete {
         let Some(mut obj) = models.get::<Ingestion>(&key).await? else {
             return Err(EventError::Reject(format!("no Ingestion {key}")));
         };
-        if obj.status.completed(obj.generation) {
+        // It is about the request in flight: while a newer generation waits behind one made
+        // for an older generation, that older generation is what completed.
+        let generation = obj
+            .status
+            .request
+            .served_generation()
+            .unwrap_or(obj.generation);
+        if obj.status.request.completed_generation >= Some(generation) {
             return Ok(EventOutcome::Unchanged(format!(
                 "Ingestion {key} already complete"
             )));
         }
-        obj.status.request.completed_generation = Some(obj.generation);
+        obj.status.request.completed_generation = Some(generation);
         obj.status.request.state = Some(RequestState::Complete);
         // Written (and re-synced) only if nobody changed it since it was read; otherwise the
         // message comes again and finds it as it is.
@@ -333,8 +340,7 @@ impl EventStep for IngestionComplete {
             )));
         }
         Ok(EventOutcome::Applied(format!(
-            "Ingestion {key} generation {} complete",
-            obj.generation
+            "Ingestion {key} generation {generation} complete"
         )))
     }
 }

@@ -66,6 +66,11 @@ pub struct Observation {
     /// Latest (re)ingestion request time from the source; a newer one re-runs the ingestion.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<String>,
+    /// Files the dataset references that had not arrived when it was taken (VLA BDFs, after
+    /// `sources.vla.missing_bdf_wait_seconds` or with the marker file): it is ingested
+    /// without them, and once more when they land.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_files: Vec<String>,
     /// Why the dataset cannot be calibrated, when the source says so (ALMA).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_calibratable: Option<String>,
@@ -114,6 +119,9 @@ pub struct IngestionStatus {
     pub request: RequestStatus,
     /// Why no calibration follows this ingestion, when one does not.
     pub calibration_skipped: Option<String>,
+    /// The referenced files the tracked request ingests without: they had not arrived.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_files: Vec<String>,
 }
 
 impl IngestionStatus {
@@ -164,6 +172,15 @@ pub struct RequestStatus {
     pub state: Option<RequestState>,
     /// `<kind>/<key>@<generation>`: how the request is found again after a crash.
     pub external_id: Option<String>,
+    /// The generation the tracked request serves (the one in `external_id`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// A newer generation waiting for the tracked request to end before its own is made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting_generation: Option<i64>,
+    /// The tracked request thalamus asked Workspaces to cancel (`on_new_generation: cancel`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cancel_requested: Option<i64>,
     /// The service's message, if any.
     pub message: Option<String>,
     /// The source timestamp of the last status applied, so stale messages are ignored.
@@ -174,6 +191,17 @@ pub struct RequestStatus {
     /// attempt (after the backoff, or an operator's retry) makes a new request instead.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failure_reported: Option<i64>,
+}
+
+impl RequestStatus {
+    /// The generation the tracked request serves: `generation`, or for a status written
+    /// before that field existed, the `@<generation>` its external id ends with.
+    pub fn served_generation(&self) -> Option<i64> {
+        self.generation.or_else(|| {
+            let (_, generation) = self.external_id.as_deref()?.rsplit_once('@')?;
+            generation.parse().ok()
+        })
+    }
 }
 
 /// Records an observation: there is nothing to enact for a dataset that exists; syncing it

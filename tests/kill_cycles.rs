@@ -3,8 +3,8 @@
 //! started, killed with SIGKILL after a random delay, and started again, while new datasets
 //! appear and Workspaces completes requests, announcing each with a capability-status
 //! message published while the controller is down or up. Then it runs until quiescent.
-//! The promises: every model ends enacted, no external id is requested twice, and no event
-//! is lost (each one's own effect, its timestamp in the request status, is stored).
+//! The promises: every model ends enacted, no external id is requested twice, no object has
+//! two requests in flight at once, and no event is lost (each one's own effect, its timestamp in the request status, is stored).
 //!
 //! Randomness: the kill delays, the datasets' arrivals and when requests complete come from
 //! a seeded generator; the seed is printed, and `THALAMUS_TEST_SEED=<seed>` replays that
@@ -310,6 +310,12 @@ async fn kill_cycles(backend: Backend, cycles: usize) {
     let duplicates = stub.duplicate_creates();
     if !duplicates.is_empty() {
         failures.push(format!("external ids requested twice: {duplicates:?}"));
+    }
+    let overlaps = stub.overlaps();
+    if !overlaps.is_empty() {
+        failures.push(format!(
+            "two requests of one object in flight: {overlaps:?}"
+        ));
     }
     let by_key: BTreeMap<(&str, &str), &Row> = rows
         .iter()

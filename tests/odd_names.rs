@@ -95,6 +95,7 @@ async fn a_lossy_key_stored_earlier_never_flips(backend: Backend) {
         location: w.path("sdm").join(lossy).display().to_string(),
         files: vec![],
         requested_at: None,
+        missing_files: vec![],
         not_calibratable: None,
     };
     w.engine.models().upsert(&old.key(), &old).await.unwrap();

@@ -163,6 +163,7 @@ fn the_fingerprint_is_the_same_in_every_build() {
             file("/data/sdm/x/Scan.xml", 7, -5),
         ],
         marked: false,
+        missing: vec![],
         not_utf8: None,
     };
     assert_eq!(scan.fingerprint(), 0x5345_9465_a18e_c372);

@@ -79,7 +79,8 @@ async fn growing_sdm_appears_only_after_settling(backend: Backend) {
 }
 
 async fn late_bdfs_update_the_same_observation(backend: Backend) {
-    let w = World::new(backend, |_, _| {}).await;
+    // The wait for missing BDFs is the settle window: the SDM is taken without BDF 11.
+    let w = World::new(backend, |s, _| s.sources.vla.missing_bdf_wait_seconds = 60).await;
     w.sdm("24A-002.sb1.eb1", &[10, 11]);
     w.bdf(10, 100);
     w.once().await;

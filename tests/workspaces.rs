@@ -150,6 +150,7 @@ fn observation(instrument: Instrument, product: Product, name: &str) -> Observat
             mtime_ns: 1_700_000_000_000_000_000,
         }],
         requested_at: None,
+        missing_files: vec![],
         not_calibratable: None,
     }
 }
@@ -534,7 +535,7 @@ async fn conflict_on_create_adopts_the_existing_request(backend: Backend) {
 /// capability configured fails permanently naming the key, without calling anyone.
 async fn workflows_and_missing_targets(backend: Backend) {
     let w = World::new(backend, |s| {
-        s.workspaces.ingestion.vla = Some(Target::Workflow("vla_ingest_wf".into()));
+        s.workspaces.ingestion.vla = Some(Target::workflow("vla_ingest_wf"));
         s.workspaces.ingestion.vlba = None;
     })
     .await;
@@ -738,17 +739,14 @@ fn workspaces_defaults_and_overrides() {
         (ws.poll_seconds, ws.timeout_seconds, ws.requests_per_second),
         (60, 30, 20.0)
     );
-    assert_eq!(
-        ws.ingestion.vla,
-        Some(Target::Capability("ingest_vla".into()))
-    );
+    assert_eq!(ws.ingestion.vla, Some(Target::capability("ingest_vla")));
     assert_eq!(
         ws.ingestion.alma_calibration,
-        Some(Target::Capability("ingest_alma_calibration".into()))
+        Some(Target::capability("ingest_alma_calibration"))
     );
     assert_eq!(
         ws.calibration.alma,
-        Some(Target::Capability("std_calibration".into()))
+        Some(Target::capability("std_calibration"))
     );
     let s = load(
         "workspaces:\n  url: https://ws.example/workspaces\n  calibration:\n    vla:\n      workflow: std_cal_wf\n",
@@ -761,7 +759,7 @@ fn workspaces_defaults_and_overrides() {
     .unwrap();
     assert_eq!(
         s.workspaces.calibration.vla,
-        Some(Target::Workflow("std_cal_wf".into()))
+        Some(Target::workflow("std_cal_wf"))
     );
     assert_eq!(s.workspaces.poll_seconds, 15);
     assert_eq!(s.archive.url, "https://archive.example/api");

@@ -259,7 +259,7 @@ fn indent(text: &str) -> String {
 
 fn history_table(executions: &[Execution]) -> Table {
     let mut table = Table::new(vec![
-        "ID", "STARTED", "STEP", "GEN", "CAUSE", "OUTCOME", "DURATION", "ERROR",
+        "ID", "STARTED", "STEP", "GEN", "CAUSE", "OUTCOME", "DURATION", "DETAIL",
     ]);
     for e in executions {
         table.row(vec![

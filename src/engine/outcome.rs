@@ -25,6 +25,7 @@ pub(super) enum Ended {
 pub(super) struct Classified {
     pub settled: Settled,
     pub outcome: Outcome,
+    /// The audit row's words: the error, or why a deferred attempt waits.
     pub error: Option<String>,
 }
 
@@ -78,13 +79,15 @@ pub(super) fn classify(
             let after = i64::try_from(after.as_millis())
                 .unwrap_or(i64::MAX)
                 .max(MIN_DELAY_MS);
+            // The audit row keeps why it waits (a request in flight, a newer generation
+            // waiting behind it, a cancel), not only that it did.
             Classified {
                 settled: Settled::Deferred {
                     until: now.saturating_add(after),
-                    message: reason,
+                    message: reason.clone(),
                 },
                 outcome: Outcome::Deferred,
-                error: None,
+                error: Some(reason),
             }
         }
     }
@@ -192,10 +195,16 @@ mod tests {
         let reaped = classify(Ended::Returned(Ok(Progress::Done)), &r, true, NOW, |_| 1);
         assert!(matches!(reaped.settled, Settled::Reaped));
         let soon = Progress::deferred(Duration::from_millis(10), "Executing");
-        match classify(Ended::Returned(Ok(soon)), &r, false, NOW, |_| 1).settled {
+        let deferred = classify(Ended::Returned(Ok(soon)), &r, false, NOW, |_| 1);
+        match deferred.settled {
             Settled::Deferred { until, .. } => assert_eq!(until, NOW + MIN_DELAY_MS),
             other => panic!("{other:?}"),
         }
+        assert_eq!(
+            deferred.error.as_deref(),
+            Some("Executing"),
+            "the audit row says why"
+        );
     }
 
     #[test]

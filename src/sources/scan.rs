@@ -56,6 +56,9 @@ pub struct DatasetScan {
     pub files: Vec<ScannedFile>,
     /// The marker file exists: the writer says the dataset is complete.
     pub marked: bool,
+    /// Files the dataset references elsewhere that do not exist (yet), sorted: VLA BDFs
+    /// named in Main.xml that have not arrived.
+    pub missing: Vec<PathBuf>,
     /// The first entry found whose name is not UTF-8: it cannot be named in a spec without
     /// loss, so the dataset is refused until it is renamed.
     pub not_utf8: Option<PathBuf>,
@@ -103,12 +106,13 @@ impl DatasetScan {
             dir: dir.to_path_buf(),
             files,
             marked,
+            missing: Vec::new(),
             not_utf8,
         })
     }
 
-    /// Adds files that live elsewhere (VLA BDFs); missing ones are skipped, since they may not
-    /// have arrived yet.
+    /// Adds files that live elsewhere (VLA BDFs); those that do not exist (yet) are listed in
+    /// [`DatasetScan::missing`] instead, since they may not have arrived yet.
     pub fn add_files(&mut self, paths: impl IntoIterator<Item = PathBuf>) -> io::Result<()> {
         for path in paths {
             counted(1);
@@ -119,12 +123,14 @@ impl DatasetScan {
                     path,
                 }),
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.missing.push(path),
                 Err(e) => return Err(e),
             }
         }
         self.files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         self.files.dedup_by(|a, b| a.path == b.path);
+        self.missing.sort_unstable();
+        self.missing.dedup();
         Ok(())
     }
 

@@ -1,5 +1,8 @@
 //! The settle window: a dataset is taken only once its files have stayed the same (by
-//! fingerprint) for the window, or its marker exists. What the [`Settler`] remembers is kept
+//! fingerprint) for the window, or its marker exists. A dataset that references files which
+//! have not arrived (VLA BDFs) is complete only once they have, or once it has stayed the same
+//! for the longer wait for missing files; its marker means complete at once, whatever is
+//! missing. What the [`Settler`] remembers is kept
 //! in the store as well (the `settle_state` table), so a restart, or `thalamus run --once`
 //! from cron, resumes each window instead of starting it again. A poll reports only what
 //! changed ([`Settler::take_changes`]), so an idle poll over settled datasets writes nothing.
@@ -23,6 +26,8 @@ struct Seen {
     polled: bool,
     /// Changed since the store last heard of it.
     dirty: bool,
+    /// It references files that do not exist (yet), so it waits the longer wait.
+    missing: bool,
 }
 
 /// What changed in a settler since the last [`Settler::take_changes`], for the store.
@@ -45,6 +50,8 @@ impl SettleChanges {
 #[derive(Debug)]
 pub struct Settler {
     settle_ms: i64,
+    /// How long a dataset missing referenced files must stay the same before it is taken.
+    missing_wait_ms: i64,
     seen: HashMap<String, Seen>,
     /// Forgotten since the last [`Settler::take_changes`].
     vanished: Vec<String>,
@@ -58,10 +65,28 @@ impl Settler {
     pub fn new(settle: Duration) -> Self {
         Self {
             settle_ms: settle.as_millis() as i64,
+            missing_wait_ms: 0,
             seen: HashMap::new(),
             vanished: Vec::new(),
             restored: false,
             refusals: Refusals::default(),
+        }
+    }
+
+    /// The same settler, taking a dataset that references files which do not exist (yet)
+    /// only once it has stayed the same for `wait` (or the settle window, if longer), unless
+    /// its marker says it is complete.
+    pub fn with_missing_wait(mut self, wait: Duration) -> Self {
+        self.missing_wait_ms = wait.as_millis() as i64;
+        self
+    }
+
+    /// How long a dataset must stay the same before it is taken.
+    fn window_ms(&self, missing: bool) -> i64 {
+        if missing {
+            self.settle_ms.max(self.missing_wait_ms)
+        } else {
+            self.settle_ms
         }
     }
 
@@ -81,6 +106,7 @@ impl Settler {
                 settled: false,
                 polled: false,
                 dirty: false,
+                missing: false,
             });
         }
         self.restored = true;
@@ -103,14 +129,17 @@ impl Settler {
             settled: false,
             polled: true,
             dirty: true,
+            missing: false,
         };
+        let window = self.window_ms(!scan.missing.is_empty());
         let entry = self.seen.entry(scan.name.clone()).or_insert(fresh);
         entry.polled = true;
         if entry.fingerprint != fingerprint {
             *entry = fresh;
         }
+        entry.missing = !scan.missing.is_empty();
         entry.settled =
-            !scan.files.is_empty() && (scan.marked || now_ms - entry.since_ms >= self.settle_ms);
+            !scan.files.is_empty() && (scan.marked || now_ms - entry.since_ms >= window);
         entry.settled
     }
 
@@ -123,6 +152,7 @@ impl Settler {
             settled: false,
             polled: true,
             dirty: true,
+            missing: false,
         };
         match self.seen.get_mut(name) {
             // Already recorded as unlistable: only the (unstored) wait moves.
@@ -201,7 +231,7 @@ impl Settler {
         self.seen
             .values()
             .filter(|s| !s.settled)
-            .map(|s| s.since_ms + self.settle_ms - now_ms)
+            .map(|s| s.since_ms + self.window_ms(s.missing) - now_ms)
             .filter(|&ms| ms > 0)
             .min()
             .map(|ms| Duration::from_millis(ms as u64))

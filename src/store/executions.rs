@@ -59,6 +59,7 @@ pub struct NewExecution {
     pub started_at: i64,
     pub duration_ms: i64,
     pub outcome: Outcome,
+    /// The error, or why a deferred attempt waits.
     pub error: Option<String>,
 }
 
@@ -76,6 +77,7 @@ pub struct Execution {
     pub started_at: i64,
     pub duration_ms: i64,
     pub outcome: String,
+    /// The error, or why a deferred attempt waits.
     pub error: Option<String>,
 }
 

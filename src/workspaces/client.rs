@@ -1,4 +1,5 @@
-//! The Workspaces REST client: create, submit, read and find capability or workflow requests.
+//! The Workspaces REST client: create, submit, cancel, read and find capability or workflow
+//! requests.
 
 use std::sync::Arc;
 
@@ -72,6 +73,21 @@ impl WorkspacesClient {
             .http
             .url(&[service.path(), "request", id.as_str(), "submit"]);
         self.http.call(Method::POST, url, None).await
+    }
+
+    /// `POST {base}/{service}/request/{id}/cancel`. The request as the answer reports it, if
+    /// the answer reports one (a cancel may also take effect later; look again to know).
+    pub async fn cancel(
+        &self,
+        service: Service,
+        id: i64,
+    ) -> Result<Option<WorkspacesRequest>, CallError> {
+        let id = id.to_string();
+        let url = self
+            .http
+            .url(&[service.path(), "request", id.as_str(), "cancel"]);
+        let body = self.http.send(Method::POST, url, None).await?;
+        Ok(serde_json::from_slice(&body).ok())
     }
 
     /// `GET {base}/{service}/request/{id}`.

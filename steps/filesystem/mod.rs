@@ -11,7 +11,9 @@ use crate::steps::prelude::*;
 use source::{DirectorySource, ExtraFiles, Layout};
 
 /// `sources.vla`: SDM directories under `path`, BDF files under `bdf_path`, referenced from
-/// Main.xml.
+/// Main.xml. An SDM is taken once complete: every BDF it references has arrived and settled,
+/// or `missing_bdf_wait_seconds` has passed without a change (or its marker file exists), and
+/// then the missing ones are named.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VlaSettings {
@@ -22,6 +24,10 @@ pub struct VlaSettings {
     pub poll_seconds: u64,
     pub settle_seconds: u64,
     pub marker_file: Option<String>,
+    /// How long an SDM whose Main.xml references BDFs that have not arrived waits for them
+    /// (counted from its last change) before it is ingested without them, naming them. A
+    /// marker file means "complete" at once, whatever is missing.
+    pub missing_bdf_wait_seconds: u64,
 }
 
 /// `sources.vlba`: a directory whose immediate subdirectories are datasets (VLBA correlator
@@ -48,6 +54,7 @@ impl Default for VlaSettings {
             poll_seconds: 30,
             settle_seconds: 60,
             marker_file: None,
+            missing_bdf_wait_seconds: 600,
         }
     }
 }
@@ -125,6 +132,7 @@ pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<
             marker: vla.marker_file.clone(),
             poll_seconds: vla.poll_seconds,
             settle_seconds: vla.settle_seconds,
+            missing_wait_seconds: vla.missing_bdf_wait_seconds,
         };
         registry.pull(DirectorySource::new(
             "vla",
@@ -142,6 +150,7 @@ pub fn register(registry: &mut Registry, settings: &Settings) -> anyhow::Result<
             marker: vlba.marker_file.clone(),
             poll_seconds: vlba.poll_seconds,
             settle_seconds: vlba.settle_seconds,
+            missing_wait_seconds: 0,
         };
         let no_extra: Arc<ExtraFiles> = Arc::new(|_: &DatasetScan| Ok(Vec::new()));
         registry.pull(DirectorySource::new(

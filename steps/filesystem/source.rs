@@ -1,6 +1,7 @@
 //! A directory whose immediate subdirectories are datasets, polled as a pull step: each
 //! settled dataset becomes an Observation; see `crate::sources` for the settle rules.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -44,6 +45,9 @@ pub(super) struct Layout {
     pub marker: Option<String>,
     pub poll_seconds: u64,
     pub settle_seconds: u64,
+    /// How long a dataset missing files it references waits for them (0: no longer than
+    /// the settle window).
+    pub missing_wait_seconds: u64,
 }
 
 impl DirectorySource {
@@ -63,9 +67,10 @@ impl DirectorySource {
             hint: Mutex::new(None),
             marker: layout.marker,
             interval: Duration::from_secs(layout.poll_seconds),
-            settler: Arc::new(Mutex::new(Settler::new(Duration::from_secs(
-                layout.settle_seconds,
-            )))),
+            settler: Arc::new(Mutex::new(
+                Settler::new(Duration::from_secs(layout.settle_seconds))
+                    .with_missing_wait(Duration::from_secs(layout.missing_wait_seconds)),
+            )),
             extra,
             next_deadline: Mutex::new(None),
             root_missing: Mutex::new(false),
@@ -127,6 +132,11 @@ impl DirectorySource {
                 mtime_ns: f.mtime_ns,
             })
             .collect();
+        let missing_files = scan
+            .missing
+            .iter()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
         let obs = Observation {
             instrument: self.instrument,
             product: self.product,
@@ -134,6 +144,7 @@ impl DirectorySource {
             location: scan.dir.to_string_lossy().into_owned(),
             files,
             requested_at: None,
+            missing_files,
             not_calibratable: None,
         };
         (obs.key(), obs)
@@ -256,11 +267,26 @@ async fn upsert(
     for (key, e) in refused {
         warn!(key, "observation not stored (tried again next poll): {e:#}");
     }
+    let missing: HashMap<&str, &[String]> = batch
+        .iter()
+        .filter(|(_, o)| !o.missing_files.is_empty())
+        .map(|(key, o)| (key.as_str(), o.missing_files.as_slice()))
+        .collect();
     for change in changes {
         match change.change {
             Change::Created => report.created += 1,
             Change::Updated { .. } => report.updated += 1,
-            Change::Unchanged => {}
+            Change::Unchanged => continue,
+        }
+        if let Some(files) = missing.get(change.key.as_str()) {
+            warn!(
+                key = change.key,
+                missing_files = ?files,
+                "dataset taken without {} referenced file(s) that have not arrived (its \
+                 marker says complete, or the wait for missing files passed); it is \
+                 ingested without them, and again when they land",
+                files.len()
+            );
         }
     }
     batch.clear();

@@ -1,13 +1,15 @@
 //! What Workspaces is asked to do: ingest an observation, with the capability or workflow
 //! `workspaces.ingestion` names for its instrument, and calibrate an ingested dataset, with
 //! the one `workspaces.calibration` names; each exactly once per generation, followed until
-//! the request is Complete.
+//! the request is Complete; never two requests in flight for one object (see `requests.rs`).
 
 mod requests;
 mod settings;
 
 pub use requests::Requests;
-pub use settings::{configured, CalibrationTargets, IngestionTargets, Target, WorkspacesSettings};
+pub use settings::{
+    configured, CalibrationTargets, IngestionTargets, OnNewGeneration, Target, WorkspacesSettings,
+};
 
 use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
 use crate::steps::prelude::*;
@@ -57,9 +59,37 @@ impl SyncStep for RequestIngestion {
             "instrument": observation.instrument,
             "product": observation.product,
         });
-        self.requests
+        let result = self
+            .requests
             .reconcile(target, &parameters, obj, |s| &mut s.request)
-            .await
+            .await;
+        // What the request of this generation ingests without, once it is the one tracked.
+        if obj.status.request.served_generation() != Some(obj.generation) {
+            return result;
+        }
+        obj.status.missing_files = observation.missing_files;
+        match result {
+            Ok(Progress::Deferred { after, reason }) if !obj.status.missing_files.is_empty() => {
+                let missing = &obj.status.missing_files;
+                let files = if missing.len() == 1 { "file" } else { "files" };
+                Ok(Progress::deferred(
+                    after,
+                    format!(
+                        "{reason}; without {} missing {files}: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    ),
+                ))
+            }
+            result => result,
+        }
+    }
+
+    /// A request in flight is waited for or cancelled (`on_new_generation`) before the
+    /// ingestion is forgotten.
+    async fn delete(&self, obj: &mut Obj<Ingestion>, _ctx: &StepContext) -> StepResult {
+        let target = self.target(obj.spec.instrument, obj.spec.product).ok();
+        self.requests.release(target, obj, |s| &mut s.request).await
     }
 }
 
@@ -69,19 +99,27 @@ pub struct RequestCalibration {
     targets: CalibrationTargets,
 }
 
-#[async_trait]
-impl SyncStep for RequestCalibration {
-    type Model = Calibration;
-
-    async fn sync(&self, obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
-        let instrument = obj.spec.instrument;
+impl RequestCalibration {
+    /// The configured capability or workflow for this data, or a permanent error naming the
+    /// key to set.
+    fn target(&self, instrument: Instrument) -> Result<&Target, StepError> {
         let (target, key) = match instrument {
             Instrument::VLA => (&self.targets.vla, "workspaces.calibration.vla"),
             Instrument::ALMA => (&self.targets.alma, "workspaces.calibration.alma"),
             Instrument::VLBA => (&None, "workspaces.calibration"),
         };
         let work = format!("calibrates {} data", instrument.as_str());
-        let target = configured(target, key, &work)?;
+        configured(target, key, &work)
+    }
+}
+
+#[async_trait]
+impl SyncStep for RequestCalibration {
+    type Model = Calibration;
+
+    async fn sync(&self, obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
+        let instrument = obj.spec.instrument;
+        let target = self.target(instrument)?;
         let parameters = serde_json::json!({
             "name": obj.spec.name,
             "instrument": instrument,
@@ -89,6 +127,13 @@ impl SyncStep for RequestCalibration {
         self.requests
             .reconcile(target, &parameters, obj, |s| &mut s.request)
             .await
+    }
+
+    /// A request in flight is waited for or cancelled (`on_new_generation`) before the
+    /// calibration is forgotten.
+    async fn delete(&self, obj: &mut Obj<Calibration>, _ctx: &StepContext) -> StepResult {
+        let target = self.target(obj.spec.instrument).ok();
+        self.requests.release(target, obj, |s| &mut s.request).await
     }
 }
 

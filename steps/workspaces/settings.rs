@@ -23,28 +23,117 @@ pub struct WorkspacesSettings {
     pub calibration: CalibrationTargets,
 }
 
-/// What does one kind of work in Workspaces: `{capability: NAME}` or `{workflow: NAME}`.
+/// What does one kind of work in Workspaces: `{capability: NAME}` or `{workflow: NAME}`, and
+/// what a newer generation of an object does while a request of an older one is in flight
+/// (`on_new_generation`, `wait` by default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TargetFields", into = "TargetFields")]
+pub struct Target {
+    service: Service,
+    name: String,
+    /// Whether a newer generation (or a deletion) waits for the request in flight or cancels it.
+    pub on_new_generation: OnNewGeneration,
+}
+
+/// What a newer generation of an object (or its deletion) does while Workspaces still runs a
+/// request made for an older one. Either way only one request per object is ever in flight.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Target {
-    Capability(String),
-    Workflow(String),
+pub enum OnNewGeneration {
+    /// Let the request in flight finish, then request the newest generation (or delete).
+    #[default]
+    Wait,
+    /// Cancel the request in flight (retried with backoff until Workspaces takes it), then
+    /// request the newest generation (or delete) once it has ended.
+    Cancel,
+}
+
+impl OnNewGeneration {
+    /// The setting as written in `config.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnNewGeneration::Wait => "wait",
+            OnNewGeneration::Cancel => "cancel",
+        }
+    }
+}
+
+/// A [`Target`] as `config.yaml` writes it.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFields {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    capability: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    workflow: Option<String>,
+    #[serde(default)]
+    on_new_generation: OnNewGeneration,
+}
+
+impl TryFrom<TargetFields> for Target {
+    type Error = String;
+
+    fn try_from(fields: TargetFields) -> Result<Self, String> {
+        let (service, name) = match (fields.capability, fields.workflow) {
+            (Some(name), None) => (Service::Capability, name),
+            (None, Some(name)) => (Service::Workflow, name),
+            _ => return Err("give one of `capability` or `workflow` (with its name)".into()),
+        };
+        Ok(Self {
+            service,
+            name,
+            on_new_generation: fields.on_new_generation,
+        })
+    }
+}
+
+impl From<Target> for TargetFields {
+    fn from(target: Target) -> Self {
+        let (capability, workflow) = match target.service {
+            Service::Capability => (Some(target.name), None),
+            Service::Workflow => (None, Some(target.name)),
+        };
+        Self {
+            capability,
+            workflow,
+            on_new_generation: target.on_new_generation,
+        }
+    }
 }
 
 impl Target {
+    /// The capability `name`, waiting for a request in flight.
+    pub fn capability(name: &str) -> Self {
+        Self {
+            service: Service::Capability,
+            name: name.into(),
+            on_new_generation: OnNewGeneration::Wait,
+        }
+    }
+
+    /// The workflow `name`, waiting for a request in flight.
+    pub fn workflow(name: &str) -> Self {
+        Self {
+            service: Service::Workflow,
+            name: name.into(),
+            on_new_generation: OnNewGeneration::Wait,
+        }
+    }
+
+    /// The same target, doing `on_new_generation` to a request in flight.
+    pub fn with_on_new_generation(mut self, on_new_generation: OnNewGeneration) -> Self {
+        self.on_new_generation = on_new_generation;
+        self
+    }
+
     /// The capability's or workflow's name.
     pub fn name(&self) -> &str {
-        match self {
-            Target::Capability(name) | Target::Workflow(name) => name,
-        }
+        &self.name
     }
 
     /// Which of the two services runs it.
     pub fn service(&self) -> Service {
-        match self {
-            Target::Capability(_) => Service::Capability,
-            Target::Workflow(_) => Service::Workflow,
-        }
+        self.service
     }
 }
 
@@ -102,7 +191,7 @@ impl Default for WorkspacesSettings {
 }
 
 fn capability(name: &str) -> Option<Target> {
-    Some(Target::Capability(name.into()))
+    Some(Target::capability(name))
 }
 
 impl Default for IngestionTargets {

@@ -40,6 +40,7 @@ pub fn observation(n: impl std::fmt::Display) -> Observation {
         location: format!("/data/obs{n}"),
         files: vec![],
         requested_at: None,
+        missing_files: vec![],
         not_calibratable: None,
     }
 }

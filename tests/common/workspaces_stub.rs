@@ -54,6 +54,7 @@ pub enum Route {
     Get,
     List,
     Archive,
+    Cancel,
 }
 
 /// What the next call on a route does instead of (or besides) its normal work.
@@ -88,6 +89,22 @@ struct Inner {
     held: HashMap<Route, usize>,
     /// A submitted request completes at once (its submit still answers Submitted).
     auto_complete: bool,
+    /// Creates made while another request of the same object was not finished, as
+    /// `new external id (live: id external id state)`: what "one request in flight per
+    /// object" forbids.
+    overlaps: Vec<String>,
+}
+
+/// The object a request was made for: its external id without `@<generation>`.
+fn object_of(external_id: &str) -> &str {
+    external_id
+        .rsplit_once('@')
+        .map_or(external_id, |(object, _)| object)
+}
+
+/// Whether a request in this state may still run.
+fn is_live(state: &str) -> bool {
+    matches!(state, "Created" | "Submitted" | "Executing")
 }
 
 /// The running stand-in; the server stops when the test's runtime does.
@@ -243,6 +260,21 @@ impl Stub {
             .collect()
     }
 
+    /// Every create made while a request of the same object was still Created, Submitted or
+    /// Executing: empty when no object ever had two requests in flight at once.
+    pub fn overlaps(&self) -> Vec<String> {
+        self.inner.lock().unwrap().overlaps.clone()
+    }
+
+    /// The cancel calls received, as request ids, in order.
+    pub fn cancels(&self) -> Vec<i64> {
+        self.received()
+            .iter()
+            .filter(|r| r.method == "POST" && r.raw.ends_with("/cancel"))
+            .filter_map(|r| r.raw.rsplit('/').nth(1)?.parse().ok())
+            .collect()
+    }
+
     /// What the archive holds as the calibration status of `uid`.
     pub fn mark(&self, uid: &str) -> Option<Value> {
         self.inner.lock().unwrap().marks.get(uid).cloned()
@@ -304,6 +336,7 @@ async fn handle(
         let route = match (&method, segments.as_slice()) {
             (&Method::POST, ["workspaces", _, _, "request", "create"]) => Route::Create,
             (&Method::POST, ["workspaces", _, "request", _, "submit"]) => Route::Submit,
+            (&Method::POST, ["workspaces", _, "request", _, "cancel"]) => Route::Cancel,
             (&Method::GET, ["workspaces", _, "request", _]) => Route::Get,
             (&Method::GET, ["workspaces", _, "requests"]) => Route::List,
             (&Method::PUT, ["archive", "alma", "asdm", _, "calibration-status"]) => Route::Archive,
@@ -405,6 +438,20 @@ fn work(
                     json!({"error": format!("request {} exists for {external_id}", live.id)}),
                 );
             }
+            let overlapping: Vec<String> = inner
+                .requests
+                .iter()
+                .filter(|r| {
+                    object_of(&r.external_id) == object_of(external_id) && is_live(&r.state)
+                })
+                .map(|r| {
+                    format!(
+                        "{external_id} (live: {} {} {})",
+                        r.id, r.external_id, r.state
+                    )
+                })
+                .collect();
+            inner.overlaps.extend(overlapping);
             let id = inner.requests.len() as i64 + 1;
             inner.requests.push(StubRequest {
                 id,
@@ -428,6 +475,19 @@ fn work(
                     StatusCode::OK,
                     json!({"id": inner.requests[i].id, "state": "Submitted"}),
                 )
+            }
+            Some(i) => answer(
+                StatusCode::CONFLICT,
+                json!({"error": format!("request is {}", inner.requests[i].state)}),
+            ),
+            None => answer(StatusCode::NOT_FOUND, json!({"error": "no such request"})),
+        },
+        Route::Cancel => match find(inner, segments[3]) {
+            Some(i) if is_live(&inner.requests[i].state) => {
+                let r = &mut inner.requests[i];
+                r.state = "Cancelled".into();
+                r.message = Some("cancelled on request".into());
+                answer(StatusCode::OK, view(r))
             }
             Some(i) => answer(
                 StatusCode::CONFLICT,
