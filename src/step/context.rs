@@ -1,5 +1,6 @@
 //! What steps may touch: typed access to models, over the store and the engine's clock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -13,12 +14,33 @@ use crate::store::{Change, ObjectRow, SettleRecord, SpecChange, StatusWrite, Sto
 pub struct Models {
     store: Store,
     clock: Arc<dyn Clock>,
+    /// Writes through this handle (and its clones) that changed something.
+    changes: Arc<AtomicU64>,
 }
 
 impl Models {
     /// Access over `store`, timestamped by `clock`.
     pub fn new(store: Store, clock: Arc<dyn Clock>) -> Self {
-        Self { store, clock }
+        Self {
+            store,
+            clock,
+            changes: Arc::default(),
+        }
+    }
+
+    /// The same access with its own count of [`Models::changes`], from zero.
+    pub fn counting(&self) -> Self {
+        Self::new(self.store.clone(), self.clock.clone())
+    }
+
+    /// How many writes through this handle changed something (a policy that changed
+    /// nothing leaves no row in the audit trail).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self, n: u64) {
+        self.changes.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Now, in epoch milliseconds, from the engine's clock.
@@ -37,10 +59,14 @@ impl Models {
     /// Upserts one desired state; unchanged specs change nothing.
     pub async fn upsert<M: Model>(&self, key: &str, spec: &M) -> anyhow::Result<Change> {
         let value = serde_json::to_value(spec).context("serialising spec")?;
-        Ok(self
+        let change = self
             .store
             .upsert(M::KIND, key, &value, self.now_ms())
-            .await?)
+            .await?;
+        if change != Change::Unchanged {
+            self.changed(1);
+        }
+        Ok(change)
     }
 
     /// Upserts many desired states of one kind in one transaction.
@@ -53,10 +79,13 @@ impl Models {
             .map(|(k, m)| Ok((k.clone(), serde_json::to_value(m)?)))
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .context("serialising specs")?;
-        Ok(self
+        let changes = self
             .store
             .upsert_many(M::KIND, &values, self.now_ms())
-            .await?)
+            .await?;
+        let changed = changes.iter().filter(|c| c.change != Change::Unchanged);
+        self.changed(changed.count() as u64);
+        Ok(changes)
     }
 
     /// Upserts many desired states of one kind like [`Models::upsert_many`]; when the store
@@ -111,7 +140,9 @@ impl Models {
 
     /// Soft-deletes an object and its dependents; returns how many were marked.
     pub async fn delete<M: Model>(&self, key: &str) -> anyhow::Result<usize> {
-        Ok(self.store.delete(M::KIND, key, self.now_ms()).await?)
+        let marked = self.store.delete(M::KIND, key, self.now_ms()).await?;
+        self.changed(marked as u64);
+        Ok(marked)
     }
 
     /// Replaces an object's observed status; returns whether it changed.
@@ -121,10 +152,12 @@ impl Models {
         status: &M::Status,
     ) -> anyhow::Result<bool> {
         let value = serde_json::to_value(status).context("serialising status")?;
-        Ok(self
+        let changed = self
             .store
             .set_status(M::KIND, key, &value, self.now_ms())
-            .await?)
+            .await?;
+        self.changed(u64::from(changed));
+        Ok(changed)
     }
 
     /// Writes back the observed status of objects read earlier, in one statement, each only
@@ -147,10 +180,12 @@ impl Models {
             })
             .collect::<Result<Vec<_>, serde_json::Error>>()
             .context("serialising status")?;
-        Ok(self
+        let written = self
             .store
             .set_statuses(M::KIND, &writes, self.now_ms(), resync)
-            .await?)
+            .await?;
+        self.changed(written);
+        Ok(written)
     }
 
     /// Objects of kind `M` whose observed status records one of the requests `ids`, in one
@@ -162,7 +197,9 @@ impl Models {
 
     /// Asks the sync loop to look at an object now (never shortening a failure's backoff).
     pub async fn resync<M: Model>(&self, key: &str) -> anyhow::Result<bool> {
-        Ok(self.store.resync(M::KIND, key, self.now_ms()).await?)
+        let due = self.store.resync(M::KIND, key, self.now_ms()).await?;
+        self.changed(u64::from(due));
+        Ok(due)
     }
 }
 
