@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use amqp::{run_amqp, AmqpSession};
-pub use kafka::{run_kafka, KafkaSource, Received};
+pub use kafka::{reachable, run_kafka, KafkaSource, Received};
 pub use settings::{AmqpBinding, AmqpSettings, EventsSettings, KafkaSettings};
 
 use crate::engine::EventSink;
