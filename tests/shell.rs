@@ -654,3 +654,92 @@ async fn describe_says_which_replica_runs_an_object() {
         stdout(&out)
     );
 }
+
+#[test]
+fn an_unreachable_database_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin(dir.path())
+        .args(["status"])
+        .env(
+            "THALAMUS__DATABASE__URL",
+            "postgres://thalamus@nohost.invalid/archive",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("nohost.invalid"), "{err}");
+    assert_eq!(
+        err.matches("failed to lookup address information").count(),
+        1,
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workspaces_call_that_changes_the_world_is_logged_with_its_id() {
+    let stub = workspaces_stub::Stub::start().await;
+    let dir = shipped_dir();
+    let d = dir.path().to_path_buf();
+    let sdm = d.join("data/vla/sdm/24A-001.sb1.eb1");
+    std::fs::create_dir_all(&sdm).unwrap();
+    std::fs::create_dir_all(d.join("data/vla/bdf")).unwrap();
+    std::fs::write(sdm.join("Main.xml"), "<MainTable/>").unwrap();
+    std::fs::write(sdm.join("SDM_COMPLETE"), "").unwrap();
+    let url = stub.workspaces_url();
+    let out = tokio::task::spawn_blocking(move || {
+        bin(&d)
+            .args(["run", "--once"])
+            .env("RUST_LOG", "info")
+            .env("THALAMUS__SOURCES__VLA__MARKER_FILE", "SDM_COMPLETE")
+            .env("THALAMUS__WORKSPACES__URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    let id = stub.requests()[0].id;
+    for said in [
+        format!("Workspaces capability request {id} (ingest_vla) created"),
+        format!("Workspaces capability request {id} (ingest_vla) submitted"),
+    ] {
+        assert!(log.contains(&said), "{said:?} in {log}");
+    }
+    assert!(
+        log.contains(r#"external_id="Ingestion/VLA/24A-001.sb1.eb1@1""#),
+        "{log}"
+    );
+}
+
+#[test]
+fn bench_skips_a_missing_kafka_with_one_line_and_measures_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = thalamus(
+        dir.path(),
+        &[
+            "bench",
+            "--only",
+            "events,latency",
+            "--messages",
+            "100",
+            "--kafka",
+            "127.0.0.1:9",
+            "--no-postgres",
+            "--scratch",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let kafka: Vec<&str> = err.lines().filter(|l| l.contains("Kafka")).collect();
+    assert_eq!(kafka.len(), 1, "{err}");
+    assert!(
+        kafka[0].starts_with("events via Kafka: skipped, no broker answers at 127.0.0.1:9"),
+        "{err}"
+    );
+    let table = stdout(&out);
+    assert!(table.contains("events via AMQP"), "{table}");
+    assert!(table.contains("latency file → request"), "{table}");
+}

@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::json;
 use tracing::info;
 
-use super::output::{out, outln, print_json, Format};
+use super::output::{error_text, out, outln, print_json, Format};
 use crate::config::Settings;
 use crate::engine::OnceReport;
 use crate::secret::redact_url;
@@ -199,7 +199,7 @@ async fn run_time_warnings(settings: &Settings) -> Vec<Warning> {
             if !creatable {
                 warnings.push(Warning {
                     key: "database.url",
-                    problem: format!("database {}", root_cause(&e)),
+                    problem: format!("database {}", error_text(&e)),
                 });
             }
         }
@@ -222,17 +222,6 @@ async fn run_time_warnings(settings: &Settings) -> Vec<Warning> {
         }
     }
     warnings
-}
-
-/// The message of an error's innermost cause, without the contexts above it.
-fn root_cause(e: &anyhow::Error) -> String {
-    let outer = e.to_string();
-    let inner = e.root_cause().to_string();
-    if outer.contains(&inner) {
-        outer
-    } else {
-        format!("{outer}: {inner}")
-    }
 }
 
 fn sqlite_dir_exists(url: &str) -> bool {

@@ -170,7 +170,7 @@ pub fn main() -> ExitCode {
 
 /// Says why on stderr (if anyone still reads it) and exits with `code`.
 fn fail(e: &anyhow::Error, code: u8) -> ExitCode {
-    crate::telemetry::say(&format!("error: {e:#}"));
+    crate::telemetry::say(&format!("error: {}", output::error_text(e)));
     ExitCode::from(code)
 }
 
