@@ -743,3 +743,73 @@ fn bench_skips_a_missing_kafka_with_one_line_and_measures_the_rest() {
     assert!(table.contains("events via AMQP"), "{table}");
     assert!(table.contains("latency file → request"), "{table}");
 }
+
+/// What the README says `delete` means for an Observation whose data is still there: the
+/// next poll brings it back (level-triggered) at a new generation, and its Ingestion asks
+/// Workspaces again under that generation's external id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_observation_whose_data_remains_comes_back_and_is_ingested_again() {
+    let stub = workspaces_stub::Stub::start().await;
+    let dir = shipped_dir();
+    let d = dir.path().to_path_buf();
+    let sdm = d.join("data/vla/sdm/24A-001.sb1.eb1");
+    std::fs::create_dir_all(&sdm).unwrap();
+    std::fs::create_dir_all(d.join("data/vla/bdf")).unwrap();
+    std::fs::write(sdm.join("Main.xml"), "<MainTable/>").unwrap();
+    std::fs::write(sdm.join("SDM_COMPLETE"), "").unwrap();
+    let url = stub.workspaces_url();
+    let run = move |args: &'static [&'static str]| {
+        let (d, url) = (d.clone(), url.clone());
+        tokio::task::spawn_blocking(move || {
+            bin(&d)
+                .args(args)
+                .env("THALAMUS__SOURCES__VLA__MARKER_FILE", "SDM_COMPLETE")
+                .env("THALAMUS__WORKSPACES__URL", url)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = run(&["run", "--once"]).await.unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["delete", "Observation", "VLA/24A-001.sb1.eb1"])
+        .await
+        .unwrap();
+    assert_eq!(
+        stdout(&out),
+        "Observation VLA/24A-001.sb1.eb1: marked 2 object(s) for deletion (dependents first)\n"
+    );
+    // The deletion runs, and the next poll brings the Observation back.
+    for _ in 0..2 {
+        let out = run(&["run", "--once"]).await.unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(&["get", "Ingestion", "-o", "json"]).await.unwrap();
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["key"], "VLA/24A-001.sb1.eb1", "{rows}");
+    assert_ne!(rows[0]["state"], "deleting", "{rows}");
+    assert_eq!(rows[0]["generation"], 2, "{rows}");
+    let creates: Vec<(String, usize)> = stub.creates_per_external_id().into_iter().collect();
+    assert_eq!(
+        creates,
+        [
+            ("Ingestion/VLA/24A-001.sb1.eb1@1".to_string(), 1),
+            ("Ingestion/VLA/24A-001.sb1.eb1@2".to_string(), 1)
+        ],
+        "{:?}",
+        stub.lines()
+    );
+    // Deleting the Ingestion leaves its Observation ok, without one until it changes.
+    let out = run(&["delete", "Ingestion", "VLA/24A-001.sb1.eb1"])
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    for _ in 0..2 {
+        let out = run(&["run", "--once"]).await.unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = run(&["get", "Ingestion", "-o", "json"]).await.unwrap();
+    assert_eq!(stdout(&out), "[]\n");
+    let out = run(&["get", "Observation", "-o", "json"]).await.unwrap();
+    let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["state"], "ok", "{rows}");
+}
