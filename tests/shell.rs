@@ -813,3 +813,23 @@ async fn a_deleted_observation_whose_data_remains_comes_back_and_is_ingested_aga
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["state"], "ok", "{rows}");
 }
+
+#[test]
+fn a_refused_database_connection_says_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin(dir.path())
+        .args(["status"])
+        .env(
+            "THALAMUS__DATABASE__URL",
+            "postgres://thalamus@127.0.0.1:9/archive",
+        )
+        .env("THALAMUS__DATABASE__TIMEOUT_SECONDS", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Connection refused"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -156,11 +156,24 @@ impl Store {
             (Db::Sqlite(pool), Arc::new(book))
         } else {
             let opts = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
+            let pool = match PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(timeout)
-                .connect_with(opts)
-                .await?;
+                .connect_with(opts.clone())
+                .await
+            {
+                // The pool retried until its timeout and kept only "timed out": one more
+                // attempt, alone, says why (refused, unknown host, bad password…).
+                Err(sqlx::Error::PoolTimedOut) => {
+                    let once = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts);
+                    let why: Option<sqlx::Error> = match tokio::time::timeout(timeout, once).await {
+                        Ok(Err(e)) => Some(e),
+                        _ => None,
+                    };
+                    return Err(why.unwrap_or(sqlx::Error::PoolTimedOut).into());
+                }
+                connected => connected?,
+            };
             let book = leases::TableBook { pool: pool.clone() };
             (Db::Postgres(pool), Arc::new(book))
         };
