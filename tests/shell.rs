@@ -833,3 +833,57 @@ fn a_refused_database_connection_says_refused() {
         stderr(&out)
     );
 }
+
+/// A step holds shutdown for its grace; a second signal ends the process at once (exit 130),
+/// even when nobody reads its stderr any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once_with_the_log_pipe_closed() {
+    let stub = workspaces_stub::Stub::start().await;
+    stub.hold(workspaces_stub::Route::List);
+    let dir = shipped_dir();
+    let d = dir.path();
+    let sdm = d.join("data/vla/sdm/24A-001.sb1.eb1");
+    std::fs::create_dir_all(&sdm).unwrap();
+    std::fs::create_dir_all(d.join("data/vla/bdf")).unwrap();
+    std::fs::write(sdm.join("Main.xml"), "<MainTable/>").unwrap();
+    std::fs::write(sdm.join("SDM_COMPLETE"), "").unwrap();
+    let mut child = bin(d)
+        .args(["run"])
+        .env("RUST_LOG", "info")
+        .env("THALAMUS__SOURCES__VLA__MARKER_FILE", "SDM_COMPLETE")
+        .env("THALAMUS__WORKSPACES__URL", stub.workspaces_url())
+        .env("THALAMUS__SYNC__SHUTDOWN_GRACE_SECONDS", "600")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Reads stderr until a line says `what`; hands the reader back to be read on or dropped.
+    type Lines = std::io::Lines<BufReader<std::process::ChildStderr>>;
+    let read_until = |mut lines: Lines, what: &'static str| {
+        tokio::task::spawn_blocking(move || {
+            let seen = lines
+                .by_ref()
+                .map_while(Result::ok)
+                .any(|l| l.contains(what));
+            (lines, seen)
+        })
+    };
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (lines, running) = read_until(lines, "controller running").await.unwrap();
+    // The Ingestion's step waits on Workspaces, held by the stand-in.
+    let start = Instant::now();
+    while running
+        && stub.held(workspaces_stub::Route::List) == 0
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    signal(&child, "TERM");
+    let (lines, asked) = read_until(lines, "shutdown requested").await.unwrap();
+    drop(lines); // nobody reads stderr any more
+    signal(&child, "TERM");
+    let status = exits_within(&mut child, Duration::from_secs(30));
+    stub.release(workspaces_stub::Route::List);
+    assert!(asked, "the first signal was taken");
+    assert_eq!(status.and_then(|s| s.code()), Some(130), "{status:?}");
+}
