@@ -22,11 +22,20 @@ pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
 }
 
 /// `model-deps.json` validated against the registered sync steps.
+/// A file that cannot be read is bad configuration (`model_deps` names it).
 pub fn graph(settings: &Settings, registry: &Registry) -> anyhow::Result<DepGraph> {
-    Ok(DepGraph::load(
-        &settings.model_deps,
-        &registry.sync_kinds(),
-    )?)
+    match DepGraph::load(&settings.model_deps, &registry.sync_kinds()) {
+        Err(crate::graph::GraphError::Read { path, source }) => {
+            let path =
+                std::path::absolute(&settings.model_deps).map_or(path, |p| p.display().to_string());
+            Err(crate::config::ConfigError::Key {
+                key: "model_deps",
+                problem: format!("names {path}, which cannot be read: {source}"),
+            }
+            .into())
+        }
+        loaded => Ok(loaded?),
+    }
 }
 
 /// Opens the configured store.

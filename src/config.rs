@@ -27,7 +27,7 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Settings {
     pub database: crate::store::DatabaseSettings,
-    /// Path of the XOS-format dependency file, relative to the working directory.
+    /// Path of the XOS-format dependency file; relative to the config file's directory.
     pub model_deps: PathBuf,
     pub sync: crate::engine::SyncSettings,
     pub policy: crate::engine::PolicySettings,
@@ -121,6 +121,7 @@ impl Settings {
             .into_iter()
             .filter(|(k, _)| k.starts_with("THALAMUS__"))
             .collect();
+        let names: Vec<String> = env.keys().cloned().collect();
         builder = builder.add_source(
             config::Environment::with_prefix("THALAMUS")
                 .prefix_separator("__")
@@ -131,10 +132,27 @@ impl Settings {
         let top = builder
             .build()
             .and_then(|c| c.cache.into_table())
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        let settings = Self::from_sections(top)?;
+            .map_err(|e| ConfigError::Invalid(e.to_string()));
+        let mut settings = top
+            .and_then(Self::from_sections)
+            .map_err(|e| blame_environment(e, &names))?;
         settings.validate()?;
+        let file = file.or(overlay).or(Some(Path::new(DEFAULT_CONFIG_FILE)));
+        if let Some(dir) = file
+            .and_then(Path::parent)
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            settings.resolve_paths(&std::path::absolute(dir).unwrap_or_else(|_| dir.into()));
+        }
         Ok(settings)
+    }
+
+    /// Makes relative paths (`model_deps`, a SQLite file, the sources' directories) relative
+    /// to `base`, the config file's directory, not to wherever the command runs.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        self.model_deps = base.join(&self.model_deps);
+        self.database.resolve_path(base);
+        self.steps.resolve_paths(base);
     }
 
     /// Reads the file's top-level sections: the controller's into these fields, the step
@@ -171,6 +189,7 @@ impl Settings {
         let checks = [
             self.database.validate(),
             self.engine().validate(),
+            self.log.validate(),
             self.events.validate().map_err(owned),
             self.outbox.validate(),
             self.steps.validate().map_err(owned),
@@ -218,6 +237,32 @@ fn field_names<T: serde::de::DeserializeOwned>() -> &'static [&'static str] {
     let mut names = Names(&[]);
     let _ = T::deserialize(&mut names);
     names.0
+}
+
+/// An unknown key set by an environment variable says which variable set it (the loader
+/// only names the section it landed in).
+fn blame_environment(e: ConfigError, names: &[String]) -> ConfigError {
+    let ConfigError::Invalid(text) = &e else {
+        return e;
+    };
+    let Some(field) = text
+        .split_once("unknown field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(field, _)| field)
+    else {
+        return e;
+    };
+    let mut from_env = names.iter().filter(|n| {
+        n.rsplit("__")
+            .next()
+            .is_some_and(|last| last.eq_ignore_ascii_case(field))
+    });
+    match from_env.next() {
+        Some(name) => {
+            ConfigError::Invalid(format!("{text} (set by the environment variable {name})"))
+        }
+        None => e,
+    }
 }
 
 fn yaml_file(path: &Path) -> config::File<config::FileSourceFile, config::FileFormat> {

@@ -15,7 +15,7 @@ use crate::store::LinkFields;
 /// Why `model-deps.json` was rejected; every variant names the culprit.
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: String,
         source: std::io::Error,

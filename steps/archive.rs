@@ -89,6 +89,7 @@ impl SyncStep for MarkNotCalibratable {
         self.client
             .mark_not_calibratable(&obj.spec.uid, &obj.spec.reason)
             .await?;
+        info!(uid = %obj.spec.uid, "archive: ASDM {} marked not calibratable", obj.spec.uid);
         obj.status.marked_generation = Some(obj.generation);
         Ok(Progress::Done)
     }

@@ -32,6 +32,7 @@ pub mod prelude {
     pub use async_trait::async_trait;
     pub use serde::{Deserialize, Serialize};
     pub use std::time::Duration;
+    pub use tracing::{info, warn};
 }
 
 /// A module in `steps/`: its file name and the function that registers its steps.
@@ -96,6 +97,32 @@ impl Settings {
         self.sources.alma.validate()?;
         self.workspaces.validate()?;
         self.archive.validate()
+    }
+
+    /// Makes the sections' relative paths relative to `base` (the config file's directory).
+    pub fn resolve_paths(&mut self, base: &std::path::Path) {
+        let vla = &mut self.sources.vla;
+        vla.path = base.join(&vla.path);
+        if let Some(bdf) = &mut vla.bdf_path {
+            *bdf = base.join(&*bdf);
+        }
+        self.sources.vlba.path = base.join(&self.sources.vlba.path);
+    }
+
+    /// The directories the sources poll, by key, for `thalamus check` to look at.
+    pub fn source_paths(&self) -> Vec<(&'static str, &std::path::Path)> {
+        let mut paths = Vec::new();
+        let vla = &self.sources.vla;
+        if vla.enabled {
+            paths.push(("sources.vla.path", vla.path.as_path()));
+            if let Some(bdf) = &vla.bdf_path {
+                paths.push(("sources.vla.bdf_path", bdf.as_path()));
+            }
+        }
+        if self.sources.vlba.enabled {
+            paths.push(("sources.vlba.path", self.sources.vlba.path.as_path()));
+        }
+        paths
     }
 }
 

@@ -97,7 +97,7 @@ fn bad_model_deps_fails_at_start_naming_the_kind() {
     )
     .unwrap();
     let out = thalamus(dir.path(), &["run", "--once"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2), "bad configuration");
     assert!(
         stderr(&out).contains("kind `Transfer` (a model in the file) has no sync step"),
         "{}",
@@ -115,7 +115,7 @@ fn check_names_both_sides_when_model_deps_disagrees_with_a_model() {
     );
     std::fs::write(&path, deps).unwrap();
     let out = thalamus(dir.path(), &["check"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(
             r#"model-deps.json and the Ingestion model disagree on its links: the file says [["Observation", "obs", "ingestions"]], the model (`LINKS` of its `impl Model` in steps/) says [["Observation", "observation", "ingestions"]]"#
@@ -267,7 +267,7 @@ async fn status_get_describe_history_retry() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "Parent bad: backoff cleared; it runs at the next pass\n"
+        "Parent bad: permanent failure cleared; it runs at the next pass\n"
     );
     let row = h.row("Parent", "bad").await;
     assert_eq!((row.backend_code, row.attempts), (0, 0));
@@ -281,7 +281,8 @@ async fn status_get_describe_history_retry() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         stderr(&out).trim(),
-        "error: no objects of kind \"Parnet\" (kinds in the store: Child, Parent)"
+        "error: Parnet is not a kind (kinds: Calibration, CalibrationMark, Child, Ingestion, \
+         Observation, Parent)"
     );
     let out = thalamus(d, &["get", "Parent", "--state", "broken"]);
     assert!(

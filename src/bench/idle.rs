@@ -442,11 +442,11 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
         .join(format!("thalamus_bench_idle_{}", std::process::id()));
     let started = Instant::now();
     let tree = Tree::build(&root, n)?;
-    eprintln!(
+    crate::telemetry::say(&format!(
         "idle: {n} datasets ({} entries) written in {:.1} s",
         tree.entries,
         started.elapsed().as_secs_f64()
-    );
+    ));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let workspaces = format!("http://{}/workspaces", listener.local_addr()?);
     let server = tokio::spawn(standin::serve(listener, complete_everything()));
@@ -490,7 +490,7 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
             .take(6)
             .map(|(name, s)| format!("{name} {s:.3} s"))
             .collect();
-        eprintln!(
+        crate::telemetry::say(&format!(
             "idle ({}): store in sync in {:.1} s; first poll done {:.1} s after the start; then \
              {:.3} s of CPU in {:.1} s over {} poll(s), {} stat calls; busiest threads: {}",
             backend.name(),
@@ -501,7 +501,7 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
             m.polls,
             m.stats,
             threads.join(", ")
-        );
+        ));
         figures.push(Figure::new(
             format!(
                 "idle CPU, {n} datasets, {models} models ({})",

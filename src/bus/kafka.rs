@@ -344,8 +344,18 @@ pub async fn run_kafka(
         .with_max_delay(Duration::from_secs(60))
         .without_max_times()
         .build();
+    // librdkafka would wait a minute before saying anything: say at once that no broker
+    // answers; the connect below keeps retrying in the background.
+    if let Err(e) = reachable(&settings.brokers).await {
+        warn!(brokers = %settings.brokers, "Kafka unreachable, retrying in the background: {e}");
+    }
     let source = loop {
-        match KafkaSource::connect(&events, sink.event_metrics(), Some(&instance)).await {
+        let connect = KafkaSource::connect(&events, sink.event_metrics(), Some(&instance));
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = connect => c,
+        };
+        match connected {
             Ok(s) => break s,
             Err(e) => {
                 let delay = delays.next().unwrap_or(Duration::from_secs(60));
@@ -364,4 +374,22 @@ pub async fn run_kafka(
         _ = source.consume(sink.as_ref(), events.max_batch, &shutdown) => {}
         _ = source.watch_rebalances(&settings.group_id, bound) => {}
     }
+}
+
+/// How long the first look at the brokers waits for a TCP connection.
+const REACHABLE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether any of `brokers` (`host:port,…`) accepts a TCP connection; the error says why
+/// none did.
+pub async fn reachable(brokers: &str) -> Result<(), String> {
+    let mut why = Vec::new();
+    for broker in brokers.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+        match tokio::time::timeout(REACHABLE_TIMEOUT, tokio::net::TcpStream::connect(broker)).await
+        {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => why.push(format!("{broker}: {e}")),
+            Err(_) => why.push(format!("{broker}: no answer in {REACHABLE_TIMEOUT:?}")),
+        }
+    }
+    Err(why.join("; "))
 }

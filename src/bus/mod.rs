@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use amqp::{run_amqp, AmqpSession};
-pub use kafka::{run_kafka, KafkaSource, Received};
+pub use kafka::{reachable, run_kafka, KafkaSource, Received};
 pub use publish_amqp::AmqpPublisher;
 pub use publish_kafka::KafkaPublisher;
 pub use settings::{AmqpBinding, AmqpSettings, EventsSettings, KafkaSettings};

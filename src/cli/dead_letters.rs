@@ -3,7 +3,7 @@
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::output::{clip, print_json, Format, Table};
+use super::output::{clip, out, outln, print_json, Format, Table};
 use crate::clock::{format_ms, Clock, SystemClock};
 use crate::config::Settings;
 use crate::engine::{Engine, EventReport};
@@ -29,10 +29,14 @@ pub enum DeadLetters {
     },
     /// Apply a dead letter again (e.g. after the model it names was created); removed on success.
     Replay { id: i64 },
-    /// Delete dead letters (all, or those older than --older-than-days).
+    /// Delete dead letters older than --older-than-days, or --all of them (one is required).
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["older_than_days", "all"])))]
     Purge {
         #[arg(long, value_name = "DAYS")]
         older_than_days: Option<u64>,
+        /// Every dead letter.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -62,7 +66,7 @@ pub async fn run(settings: Settings, command: DeadLetters) -> anyhow::Result<()>
                 return print_json(&letters.iter().map(json).collect::<Vec<_>>());
             }
             if letters.is_empty() {
-                println!("no dead letters");
+                outln!("no dead letters");
                 return Ok(());
             }
             let mut table = Table::new(vec![
@@ -85,7 +89,7 @@ pub async fn run(settings: Settings, command: DeadLetters) -> anyhow::Result<()>
                     clip(&d.reason, 100),
                 ]);
             }
-            print!("{}", table.render());
+            out!("{}", table.render());
         }
         DeadLetters::Show { id, output } => {
             let Some(d) = store.dead_letter(id).await? else {
@@ -94,16 +98,16 @@ pub async fn run(settings: Settings, command: DeadLetters) -> anyhow::Result<()>
             if output == Format::Json {
                 return print_json(&json(&d));
             }
-            println!("dead letter {}", d.id);
-            println!("  received:    {}", format_ms(d.received_at));
-            println!("  transport:   {}", d.transport);
-            println!("  topic:       {}", d.topic);
-            println!("  routing key: {}", d.routing_key.as_deref().unwrap_or("-"));
-            println!("  position:    {}", d.position);
-            println!("  attempts:    {}", d.attempts);
-            println!("  reason:      {}", d.reason);
-            println!("  headers:     {}", d.headers);
-            println!("payload:\n{}", d.payload_text());
+            outln!("dead letter {}", d.id);
+            outln!("  received:    {}", format_ms(d.received_at));
+            outln!("  transport:   {}", d.transport);
+            outln!("  topic:       {}", d.topic);
+            outln!("  routing key: {}", d.routing_key.as_deref().unwrap_or("-"));
+            outln!("  position:    {}", d.position);
+            outln!("  attempts:    {}", d.attempts);
+            outln!("  reason:      {}", d.reason);
+            outln!("  headers:     {}", d.headers);
+            outln!("payload:\n{}", d.payload_text());
         }
         DeadLetters::Replay { id } => {
             let Some(d) = store.dead_letter(id).await? else {
@@ -121,7 +125,7 @@ pub async fn run(settings: Settings, command: DeadLetters) -> anyhow::Result<()>
             match engine.apply_event(&event).await? {
                 EventReport::Applied(what) | EventReport::Unchanged(what) => {
                     store.remove_dead_letter(id).await?;
-                    println!("dead letter {id} replayed: {}", what.join("; "));
+                    outln!("dead letter {id} replayed: {}", what.join("; "));
                 }
                 EventReport::Rejected(reason) => {
                     store.dead_letter_failed_again(id, &reason).await?;
@@ -129,14 +133,16 @@ pub async fn run(settings: Settings, command: DeadLetters) -> anyhow::Result<()>
                 }
             }
         }
-        DeadLetters::Purge { older_than_days } => {
+        DeadLetters::Purge {
+            older_than_days, ..
+        } => {
             let now = SystemClock.now_ms();
             let before = match older_than_days {
                 Some(days) => now - (days as i64) * 86_400_000,
                 None => i64::MAX,
             };
             let n = store.purge_dead_letters(before).await?;
-            println!("purged {n} dead letter(s)");
+            outln!("purged {n} dead letter(s)");
         }
     }
     Ok(())

@@ -6,10 +6,12 @@ use std::collections::BTreeMap;
 use anyhow::bail;
 use serde_json::{json, Value};
 
-use super::output::{clip, print_json, time_or_dash, Format, Table};
+use super::output::{clip, out, outln, print_json, time_or_dash, Format, Table};
 use crate::clock::{format_ms, Clock, SystemClock};
 use crate::config::Settings;
-use crate::store::{Execution, ListFilter, ObjectSummary, Open, RetryResult, State, Store};
+use crate::store::{
+    DeadLetterCount, Execution, ListFilter, ObjectSummary, Open, RetryResult, State, Store,
+};
 
 async fn open(settings: &Settings) -> anyhow::Result<Store> {
     let store = crate::app::store(settings, Open::Existing).await?;
@@ -17,23 +19,53 @@ async fn open(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// Fails with the known kinds when `kind` has no objects at all (likely a typo).
-async fn known_kind(store: &Store, kind: &str) -> anyhow::Result<()> {
-    let kinds = store.kinds().await?;
+/// The kinds thalamus knows: those with a sync step in this build, and those in the store.
+async fn kinds(settings: &Settings, store: &Store) -> anyhow::Result<Vec<String>> {
+    let mut kinds = store.kinds().await?;
+    if let Ok(registry) = crate::app::registry(settings) {
+        kinds.extend(registry.sync_kinds().iter().map(|k| k.to_string()));
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
+}
+
+/// Fails with the known kinds when `kind` is not one (likely a typo).
+async fn known_kind(settings: &Settings, store: &Store, kind: &str) -> anyhow::Result<()> {
+    let kinds = kinds(settings, store).await?;
     if !kinds.iter().any(|k| k == kind) {
         let known = if kinds.is_empty() {
             "none yet".to_string()
         } else {
             kinds.join(", ")
         };
-        bail!("no objects of kind {kind:?} (kinds in the store: {known})");
+        bail!("{kind} is not a kind (kinds: {known})");
     }
     Ok(())
+}
+
+/// Not found: says which key was probably meant (keys carry the instrument, `VLA/…`), or
+/// that `kind` is not a kind at all.
+async fn not_found(settings: &Settings, store: &Store, kind: &str, key: &str) -> anyhow::Error {
+    if let Err(e) = known_kind(settings, store, kind).await {
+        return e;
+    }
+    match store.similar_keys(kind, key, 5).await {
+        Ok(keys) if !keys.is_empty() => {
+            let meant: Vec<String> = keys.iter().map(|k| format!("{kind} {k}")).collect();
+            anyhow::anyhow!(
+                "{kind} {key} not found; did you mean {}?",
+                meant.join(" or ")
+            )
+        }
+        _ => anyhow::anyhow!("{kind} {key} not found (keys carry the instrument, e.g. VLA/…)"),
+    }
 }
 
 /// `thalamus status`.
 pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
     let store = open(settings).await?;
+    let letters = store.dead_letter_count().await?;
     let mut per_kind: BTreeMap<String, BTreeMap<State, i64>> = BTreeMap::new();
     for c in store.counts().await? {
         *per_kind
@@ -54,10 +86,18 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
             })
             .collect();
         let total: i64 = per_kind.values().flat_map(|c| c.values()).sum();
-        return print_json(&json!({ "kinds": kinds, "total": total }));
+        return print_json(&json!({
+            "kinds": kinds,
+            "total": total,
+            "dead_letters": letters.count,
+            "oldest_dead_letter": letters.oldest.map(format_ms),
+        }));
     }
     if per_kind.is_empty() {
-        println!("no objects yet");
+        outln!("no objects yet");
+        if let Some(line) = dead_letter_line(&letters) {
+            outln!("{line}");
+        }
         return Ok(());
     }
     let mut table = Table::new(vec![
@@ -73,8 +113,21 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
         row.push(counts.values().sum::<i64>().to_string());
         table.row(row);
     }
-    print!("{}", table.render());
+    out!("{}", table.render());
+    if let Some(line) = dead_letter_line(&letters) {
+        outln!("{line}");
+    }
     Ok(())
+}
+
+/// The dead letters kept, if any (JSON always counts them).
+fn dead_letter_line(letters: &DeadLetterCount) -> Option<String> {
+    let oldest = letters.oldest.filter(|_| letters.count > 0)?;
+    Some(format!(
+        "dead letters: {} (oldest {}; `thalamus dead-letters list`)",
+        letters.count,
+        format_ms(oldest)
+    ))
 }
 
 /// `thalamus get KIND [KEY…] [--state S]`.
@@ -107,14 +160,18 @@ pub async fn get(
             limit,
         })
         .await?;
-    if rows.is_empty() && format == Format::Table {
-        known_kind(&store, &kind).await?;
+    if rows.is_empty() {
+        known_kind(settings, &store, &kind).await?;
     }
     if format == Format::Json {
         return print_json(&rows);
     }
     if rows.is_empty() {
-        println!("no {kind} objects match");
+        if keys.is_empty() && state.is_none() {
+            outln!("no {kind} objects");
+        } else {
+            outln!("no {kind} objects match");
+        }
         return Ok(());
     }
     let mut table = Table::new(vec![
@@ -137,9 +194,11 @@ pub async fn get(
             clip(&r.backend_status, 100),
         ]);
     }
-    print!("{}", table.render());
+    out!("{}", table.render());
     if rows.len() as i64 == limit {
-        eprintln!("(showing the first {limit}; use --limit for more)");
+        crate::telemetry::say(&format!(
+            "(showing the first {limit}; use --limit for more)"
+        ));
     }
     Ok(())
 }
@@ -162,7 +221,7 @@ pub async fn describe(
 ) -> anyhow::Result<()> {
     let store = open(settings).await?;
     let Some(row) = store.get(kind, key).await? else {
-        bail!("{kind} {key} not found")
+        return Err(not_found(settings, &store, kind, key).await);
     };
     let filter = ListFilter {
         kind: kind.into(),
@@ -173,6 +232,14 @@ pub async fn describe(
     let Some(summary) = store.list(&filter).await?.pop() else {
         bail!("{kind} {key} not found")
     };
+    // A live lease means a replica is running (or about to run) its step. PostgreSQL keeps
+    // leases in a table every replica sees; SQLite's live in the controller's memory.
+    let now = SystemClock.now_ms();
+    let running = store
+        .leases()
+        .await?
+        .into_iter()
+        .find(|l| l.id == row.id && l.until > now && summary.state != State::Ok);
     let links = store.links_from(row.id).await?;
     let dependents = store.links_to(kind, key).await?;
     let executions = store.history(kind, key, 10).await?;
@@ -190,6 +257,9 @@ pub async fn describe(
         doc["created_at"] = json!(format_ms(row.created_at));
         doc["deleted_at"] = json!(row.deleted_at.map(format_ms));
         doc["need_delete"] = json!(row.need_delete);
+        doc["running"] = json!(running
+            .as_ref()
+            .map(|l| json!({"replica": l.holder, "lease_until": format_ms(l.until)})));
         doc["links"] = json!(links
             .iter()
             .map(|(f, k, n)| json!({"field": f, "kind": k, "key": n}))
@@ -201,43 +271,52 @@ pub async fn describe(
         doc["executions"] = serde_json::to_value(&executions)?;
         return print_json(&doc);
     }
-    println!("{kind} {key}");
-    println!("  state:           {}", summary.state.as_str());
-    println!(
+    outln!("{kind} {key}");
+    match &running {
+        Some(lease) => outln!(
+            "  state:           {}, running on replica {} (lease until {})",
+            summary.state.as_str(),
+            lease.holder,
+            format_ms(lease.until)
+        ),
+        None => outln!("  state:           {}", summary.state.as_str()),
+    }
+    outln!(
         "  generation:      {} (enacted {})",
-        row.generation, row.enacted
+        row.generation,
+        row.enacted
     );
-    println!("  backend status:  {}", row.backend_status);
-    println!("  attempts:        {}", row.attempts);
-    println!(
+    outln!("  backend status:  {}", row.backend_status);
+    outln!("  attempts:        {}", row.attempts);
+    outln!(
         "  next attempt:    {}",
         time_or_dash(next_attempt(&summary))
     );
-    println!(
+    outln!(
         "  last error:      {}",
         row.last_error.as_deref().unwrap_or("-")
     );
-    println!("  last success:    {}", time_or_dash(row.last_success_at));
-    println!("  created:         {}", format_ms(row.created_at));
+    outln!("  last success:    {}", time_or_dash(row.last_success_at));
+    outln!("  created:         {}", format_ms(row.created_at));
     if let Some(deleted) = row.deleted_at {
-        println!(
+        outln!(
             "  deleted:         {} (delete step needed: {})",
             format_ms(deleted),
             row.need_delete
         );
     }
-    println!("  links:           {}", link_text(&links));
-    println!("  dependents:      {}", link_text(&dependents));
-    println!("spec:\n{}", indent(&serde_json::to_string_pretty(&spec)?));
-    println!(
+    outln!("  links:           {}", link_text(&links));
+    outln!("  dependents:      {}", link_text(&dependents));
+    outln!("spec:\n{}", indent(&serde_json::to_string_pretty(&spec)?));
+    outln!(
         "status:\n{}",
         indent(&serde_json::to_string_pretty(&status)?)
     );
-    println!("recent executions:");
+    outln!("recent executions:");
     if executions.is_empty() {
-        println!("  none");
+        outln!("  none");
     } else {
-        print!("{}", indent(&history_table(&executions).render()));
+        out!("{}", indent(&history_table(&executions).render()));
     }
     Ok(())
 }
@@ -296,22 +375,74 @@ pub async fn history(
         if store.get(kind, key).await?.is_none() {
             bail!("{kind} {key} not found and has no recorded executions");
         }
-        println!("no executions recorded for {kind} {key}");
+        outln!("no executions recorded for {kind} {key}");
         return Ok(());
     }
-    print!("{}", history_table(&executions).render());
+    out!("{}", history_table(&executions).render());
     Ok(())
 }
 
-/// `thalamus retry KIND KEY`.
-pub async fn retry(settings: &Settings, kind: &str, key: &str) -> anyhow::Result<()> {
+/// `thalamus retry KIND (KEY | --state STATE | --all)`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["key", "state", "all"])))]
+pub struct RetryArgs {
+    /// The model kind, e.g. Ingestion.
+    pub kind: String,
+    /// One object's key.
+    pub key: Option<String>,
+    /// Every object of KIND in this state: error, backoff, waiting, pending or deleting.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// Every object of KIND that is not in sync.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `thalamus retry`: one object, or every object of a kind in one state or not in sync.
+pub async fn retry(settings: &Settings, args: RetryArgs) -> anyhow::Result<()> {
+    let kind = args.kind.as_str();
+    let state = match args.state.as_deref() {
+        None => None,
+        Some("ok") => bail!("objects in state ok are in sync; nothing to retry"),
+        Some(s) => Some(State::parse(s).ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown state {s:?}: use one of pending, backoff, error, waiting, deleting"
+            )
+        })?),
+    };
     let store = open(settings).await?;
-    match store.retry(kind, key, SystemClock.now_ms()).await? {
-        RetryResult::Scheduled => {
-            println!("{kind} {key}: backoff cleared; it runs at the next pass")
+    let now = SystemClock.now_ms();
+    let Some(key) = args.key.as_deref() else {
+        known_kind(settings, &store, kind).await?;
+        let n = store.retry_many(kind, state, now).await?;
+        match state {
+            Some(state) => outln!(
+                "{kind}: {n} object(s) in state {} scheduled to run at the next pass",
+                state.as_str()
+            ),
+            None => outln!("{kind}: {n} object(s) not in sync scheduled to run at the next pass"),
         }
-        RetryResult::InSync => println!("{kind} {key} is in sync; nothing to retry"),
-        RetryResult::NotFound => bail!("{kind} {key} not found"),
+        return Ok(());
+    };
+    let filter = ListFilter {
+        kind: kind.into(),
+        keys: vec![key.into()],
+        state: None,
+        limit: 1,
+    };
+    let before = store.list(&filter).await?.pop().map(|s| s.state);
+    match store.retry(kind, key, now).await? {
+        RetryResult::Scheduled => {
+            let what = match before {
+                Some(State::Error) => "permanent failure cleared",
+                Some(State::Backoff) => "backoff cleared",
+                Some(State::Waiting) => "dependency wait cleared",
+                _ => "scheduled",
+            };
+            outln!("{kind} {key}: {what}; it runs at the next pass")
+        }
+        RetryResult::InSync => outln!("{kind} {key} is in sync; nothing to retry"),
+        RetryResult::NotFound => return Err(not_found(settings, &store, kind, key).await),
     }
     Ok(())
 }
@@ -320,13 +451,13 @@ pub async fn retry(settings: &Settings, kind: &str, key: &str) -> anyhow::Result
 pub async fn delete(settings: &Settings, kind: &str, key: &str) -> anyhow::Result<()> {
     let store = open(settings).await?;
     if store.get(kind, key).await?.is_none() {
-        bail!("{kind} {key} not found");
+        return Err(not_found(settings, &store, kind, key).await);
     }
     let marked = store.delete(kind, key, SystemClock.now_ms()).await?;
     if marked == 0 {
-        println!("{kind} {key} is already being deleted");
+        outln!("{kind} {key} is already being deleted");
     } else {
-        println!("{kind} {key}: marked {marked} object(s) for deletion (dependents first)");
+        outln!("{kind} {key}: marked {marked} object(s) for deletion (dependents first)");
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ mod dead_letters;
 mod inspect;
 mod outbox;
 mod output;
+mod sources;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,13 +46,22 @@ pub enum Command {
     },
     /// Create or update the database schema.
     Migrate,
-    /// Validate the settings and model-deps.json; print the sync order and registered steps.
-    Check,
+    /// Validate the settings and model-deps.json; print the sync order and registered steps,
+    /// and warn of what `run` would meet (database unreachable, source directories missing).
+    Check {
+        /// Fail (exit 1) on warnings too.
+        #[arg(long)]
+        strict: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Print the dependency graph from model-deps.json.
     Graph {
         /// Graphviz DOT instead of text.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "output")]
         dot: bool,
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
     },
     /// Count objects per kind and state (ok, pending, backoff, error, waiting, deleting).
     Status {
@@ -90,10 +100,17 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value = "table")]
         output: Format,
     },
-    /// Clear an object's backoff or permanent failure so it runs at the next pass.
-    Retry { kind: String, key: String },
+    /// Clear an object's backoff or permanent failure so it runs at the next pass; or those of
+    /// every object of KIND in one state (--state error), or not in sync (--all).
+    Retry(inspect::RetryArgs),
     /// Soft-delete an object and its dependents; their delete steps run, dependents first.
     Delete { kind: String, key: String },
+    /// Datasets the sources have seen but not yet settled: how long until each settles, and
+    /// the BDFs a VLA dataset's Main.xml names that have not arrived.
+    Sources {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+    },
     /// Messages no event step could apply: list, show, replay, purge.
     #[command(subcommand)]
     DeadLetters(dead_letters::DeadLetters),
@@ -104,13 +121,20 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
 }
 
-/// Parses the command line, runs the command, and maps errors to exit codes: 2 for bad
-/// settings, 1 for everything else.
+/// Exit code of a command that failed.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code of bad configuration (settings, `model-deps.json`) or usage.
+pub const EXIT_CONFIG: u8 = 2;
+/// Exit code of `run --once` that finished with objects left in error or backoff.
+pub const EXIT_OBJECTS_IN_ERROR: u8 = 3;
+
+/// Parses the command line, runs the command, and maps errors to exit codes (see the
+/// constants above; 0 when it worked, or when stdout was closed by its reader).
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(cli.config.as_deref(), cli.overlay.as_deref()) {
         Ok(s) => s,
-        Err(e) => return fail(&anyhow::Error::new(e), 2),
+        Err(e) => return fail(&anyhow::Error::new(e), EXIT_CONFIG),
     };
     let level = match cli.command {
         Command::Run { .. } | Command::Migrate => settings.log.level.clone(),
@@ -129,15 +153,28 @@ pub fn main() -> ExitCode {
             )
         }
     };
-    match runtime.block_on(dispatch(cli.command, settings)) {
+    let result = runtime.block_on(dispatch(cli.command, settings));
+    // Steps still running after a shutdown grace are not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.downcast_ref::<ConfigError>().is_some() => fail(&e, 2),
-        Err(e) => fail(&e, 1),
+        Err(e) if e.downcast_ref::<output::StdoutClosed>().is_some() => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<admin::ObjectsInError>().is_some() => {
+            fail(&e, EXIT_OBJECTS_IN_ERROR)
+        }
+        Err(e)
+            if e.downcast_ref::<ConfigError>().is_some()
+                || e.downcast_ref::<crate::graph::GraphError>().is_some() =>
+        {
+            fail(&e, EXIT_CONFIG)
+        }
+        Err(e) => fail(&e, EXIT_ERROR),
     }
 }
 
+/// Says why on stderr (if anyone still reads it) and exits with `code`.
 fn fail(e: &anyhow::Error, code: u8) -> ExitCode {
-    eprintln!("error: {e:#}");
+    crate::telemetry::say(&format!("error: {}", output::error_text(e)));
     ExitCode::from(code)
 }
 
@@ -145,8 +182,8 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Run { once, no_migrate } => admin::run(settings, once, !no_migrate).await,
         Command::Migrate => admin::migrate(&settings).await,
-        Command::Check => admin::check(&settings),
-        Command::Graph { dot } => admin::graph(&settings, dot),
+        Command::Check { strict, output } => admin::check(&settings, strict, output).await,
+        Command::Graph { dot, output } => admin::graph(&settings, dot, output),
         Command::Status { output } => inspect::status(&settings, output).await,
         Command::Get {
             kind,
@@ -164,8 +201,9 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
             limit,
             output,
         } => inspect::history(&settings, &kind, &key, limit, output).await,
-        Command::Retry { kind, key } => inspect::retry(&settings, &kind, &key).await,
+        Command::Retry(args) => inspect::retry(&settings, args).await,
         Command::Delete { kind, key } => inspect::delete(&settings, &kind, &key).await,
+        Command::Sources { output } => sources::sources(&settings, output).await,
         Command::DeadLetters(command) => dead_letters::run(settings, command).await,
         Command::Outbox(command) => outbox::run(settings, command).await,
         Command::Bench(args) => bench::run(args).await,

@@ -1,11 +1,48 @@
 //! Rendering for read commands: aligned text tables for people, one JSON document for tools.
+//! Everything goes to stdout through [`write_out`]: a closed stdout (`| head -1`) ends the command
+//! quietly with exit 0, as Unix tools do, where `println!` would panic.
+
+use std::io::Write as _;
 
 use serde::Serialize;
+
+/// Stdout was closed by its reader; the command stops, and exits 0 without a word.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout is closed")]
+pub struct StdoutClosed;
+
+/// Writes to stdout; a closed pipe is [`StdoutClosed`], any other failure an error.
+pub fn write_out(args: std::fmt::Arguments<'_>) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_fmt(args) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(StdoutClosed.into()),
+        written => Ok(written?),
+    }
+}
+
+/// `print!` through [`write_out`], returning its error with `?`.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!($($arg)*))?
+    };
+}
+
+/// `println!` through [`write_out`], returning its error with `?`.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_out(format_args!("\n"))?
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))?
+    };
+}
+pub(crate) use {out, outln};
 
 /// `-o table` (default) or `-o json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// Aligned text for people.
     Table,
+    /// One JSON document for tools.
     Json,
 }
 
@@ -57,9 +94,24 @@ impl Table {
     }
 }
 
+/// An error and its causes on one line, each cause once: a cause whose text its outer error
+/// already quotes (sqlx's and std's errors often do) is not said again.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if text.is_empty() {
+            text = said;
+        } else if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+    }
+    text
+}
+
 /// Prints `value` as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -71,15 +71,23 @@ impl Engine {
         Ok(())
     }
 
-    async fn prune(&self, now: i64) {
+    /// Prunes executions and dead letters older than their retention (`executions.*`).
+    pub async fn prune(&self, now: i64) {
         let days = self.settings.executions.retain_days as i64;
-        if days == 0 {
-            return;
+        if days > 0 {
+            match self.store.prune_executions(now - days * 86_400_000).await {
+                Ok(0) => {}
+                Ok(n) => info!(rows = n, "pruned executions older than {days} days"),
+                Err(e) => error!("could not prune executions: {e}"),
+            }
         }
-        match self.store.prune_executions(now - days * 86_400_000).await {
-            Ok(0) => {}
-            Ok(n) => info!(rows = n, "pruned executions older than {days} days"),
-            Err(e) => error!("could not prune executions: {e}"),
+        let days = self.settings.executions.dead_letter_retain_days as i64;
+        if days > 0 {
+            match self.store.purge_dead_letters(now - days * 86_400_000).await {
+                Ok(0) => {}
+                Ok(n) => info!(rows = n, "pruned dead letters older than {days} days"),
+                Err(e) => error!("could not prune dead letters: {e}"),
+            }
         }
     }
 }

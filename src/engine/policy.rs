@@ -57,7 +57,8 @@ impl Engine {
                 let mut ok = true;
                 for policy in policies {
                     let started = self.clock.now_ms();
-                    let run = AssertUnwindSafe(policy.run(event, row, &self.models))
+                    let models = self.models.counting();
+                    let run = AssertUnwindSafe(policy.run(event, row, &models))
                         .catch_unwind()
                         .await;
                     let error = match run {
@@ -68,6 +69,11 @@ impl Engine {
                     if let Some(error) = &error {
                         ok = false;
                         warn!(kind = %row.kind, key = %row.key, policy = policy.name(), "policy failed: {error}");
+                    }
+                    // A pass that changed nothing (a recheck of a request in progress) is
+                    // no news: the audit trail keeps what policies did, and what failed.
+                    if error.is_none() && models.changes() == 0 {
+                        continue;
                     }
                     executions.push(NewExecution {
                         kind: row.kind.clone(),

@@ -57,12 +57,14 @@ pub struct PullSettings {
     pub max_backoff_seconds: u64,
 }
 
-/// Retention of the executions audit trail.
+/// Retention of the executions audit trail, and of dead letters.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ExecutionSettings {
     /// Rows older than this are pruned by `run`; 0 keeps everything.
     pub retain_days: u64,
+    /// Dead letters received longer ago than this are pruned by `run`; 0 keeps everything.
+    pub dead_letter_retain_days: u64,
 }
 
 impl SyncSettings {
@@ -126,7 +128,10 @@ impl Default for PullSettings {
 
 impl Default for ExecutionSettings {
     fn default() -> Self {
-        Self { retain_days: 30 }
+        Self {
+            retain_days: 30,
+            dead_letter_retain_days: 30,
+        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! What steps may touch: typed access to models, over the store and the engine's clock.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -19,6 +20,8 @@ pub struct Models {
     clock: Arc<dyn Clock>,
     /// What a write's changes announce (nothing unless the engine was given announcers).
     announcers: Announcers,
+    /// Writes through this handle (and its clones) that changed something.
+    changes: Arc<AtomicU64>,
 }
 
 impl Models {
@@ -28,6 +31,7 @@ impl Models {
             store,
             clock,
             announcers: Announcers::default(),
+            changes: Arc::default(),
         }
     }
 
@@ -35,6 +39,21 @@ impl Models {
     pub(crate) fn with_announcers(mut self, announcers: Announcers) -> Self {
         self.announcers = announcers;
         self
+    }
+
+    /// The same access with its own count of [`Models::changes`], from zero.
+    pub fn counting(&self) -> Self {
+        Self::new(self.store.clone(), self.clock.clone()).with_announcers(self.announcers.clone())
+    }
+
+    /// How many writes through this handle changed something (a policy that changed
+    /// nothing leaves no row in the audit trail).
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    fn changed(&self, n: u64) {
+        self.changes.fetch_add(n, Ordering::Relaxed);
     }
 
     /// Now, in epoch milliseconds, from the engine's clock.
@@ -94,6 +113,8 @@ impl Models {
         if announce.iter().any(|rows| !rows.is_empty()) {
             self.announcers.written.notify_one();
         }
+        let changed = changes.iter().filter(|c| c.change != Change::Unchanged);
+        self.changed(changed.count() as u64);
         Ok(changes)
     }
 
@@ -149,7 +170,9 @@ impl Models {
 
     /// Soft-deletes an object and its dependents; returns how many were marked.
     pub async fn delete<M: Model>(&self, key: &str) -> anyhow::Result<usize> {
-        Ok(self.store.delete(M::KIND, key, self.now_ms()).await?)
+        let marked = self.store.delete(M::KIND, key, self.now_ms()).await?;
+        self.changed(marked as u64);
+        Ok(marked)
     }
 
     /// Replaces an object's observed status; returns whether it changed.
@@ -159,10 +182,12 @@ impl Models {
         status: &M::Status,
     ) -> anyhow::Result<bool> {
         let value = serde_json::to_value(status).context("serialising status")?;
-        Ok(self
+        let changed = self
             .store
             .set_status(M::KIND, key, &value, self.now_ms())
-            .await?)
+            .await?;
+        self.changed(u64::from(changed));
+        Ok(changed)
     }
 
     /// Writes back the observed status of objects read earlier, in one statement, each only
@@ -218,6 +243,7 @@ impl Models {
         if said && written > 0 {
             self.announcers.written.notify_one();
         }
+        self.changed(written);
         Ok(written)
     }
 
@@ -230,7 +256,9 @@ impl Models {
 
     /// Asks the sync loop to look at an object now (never shortening a failure's backoff).
     pub async fn resync<M: Model>(&self, key: &str) -> anyhow::Result<bool> {
-        Ok(self.store.resync(M::KIND, key, self.now_ms()).await?)
+        let due = self.store.resync(M::KIND, key, self.now_ms()).await?;
+        self.changed(u64::from(due));
+        Ok(due)
     }
 }
 

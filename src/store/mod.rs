@@ -10,6 +10,7 @@ mod executions;
 mod ids;
 mod leases;
 mod objects;
+mod operator;
 mod outbox;
 mod policy;
 mod query;
@@ -36,6 +37,7 @@ pub use deps::{Dependency, DependencyState};
 pub use executions::{Execution, NewExecution, Outcome};
 pub use leases::Lease;
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
+pub use operator::DeadLetterCount;
 pub use outbox::{NewOutboxRow, OutboxDepth, OutboxRow};
 pub use query::{ListFilter, ObjectSummary, State, StateCount};
 pub use reason::Reason;
@@ -156,11 +158,24 @@ impl Store {
             (Db::Sqlite(pool), Arc::new(book))
         } else {
             let opts = PgConnectOptions::from_str(url)?;
-            let pool = PgPoolOptions::new()
+            let pool = match PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(timeout)
-                .connect_with(opts)
-                .await?;
+                .connect_with(opts.clone())
+                .await
+            {
+                // The pool retried until its timeout and kept only "timed out": one more
+                // attempt, alone, says why (refused, unknown host, bad password…).
+                Err(sqlx::Error::PoolTimedOut) => {
+                    let once = <sqlx::PgConnection as sqlx::Connection>::connect_with(&opts);
+                    let why: Option<sqlx::Error> = match tokio::time::timeout(timeout, once).await {
+                        Ok(Err(e)) => Some(e),
+                        _ => None,
+                    };
+                    return Err(why.unwrap_or(sqlx::Error::PoolTimedOut).into());
+                }
+                connected => connected?,
+            };
             let book = leases::TableBook { pool: pool.clone() };
             (Db::Postgres(pool), Arc::new(book))
         };

@@ -52,7 +52,7 @@ impl State {
 }
 
 /// The SQL expression computing [`State`] from the columns, shared by counts and filters.
-const STATE_SQL: &str = "CASE WHEN deleted_at IS NOT NULL THEN 'deleting' \
+pub(super) const STATE_SQL: &str = "CASE WHEN deleted_at IS NOT NULL THEN 'deleting' \
     WHEN enacted >= generation THEN 'ok' \
     WHEN waiting_on IS NOT NULL THEN 'waiting' \
     WHEN backend_code = 2 AND next_attempt_at IS NULL THEN 'error' \

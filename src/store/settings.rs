@@ -44,6 +44,29 @@ impl Backend {
 }
 
 impl DatabaseSettings {
+    /// Makes a relative SQLite file in `url` relative to `base` (the config file's directory);
+    /// in-memory databases, absolute paths and PostgreSQL URLs are left as they are.
+    pub fn resolve_path(&mut self, base: &std::path::Path) {
+        if Backend::of(&self.url) != Some(Backend::Sqlite) {
+            return;
+        }
+        let rest = self.url.strip_prefix("sqlite:").unwrap_or_default();
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let (file, query) = match rest.split_once('?') {
+            Some((file, query)) => (file, Some(query)),
+            None => (rest, None),
+        };
+        let path = std::path::Path::new(file);
+        if file.is_empty() || file.starts_with(':') || path.is_absolute() {
+            return;
+        }
+        let mut url = format!("sqlite://{}", base.join(path).display());
+        if let Some(query) = query {
+            url = format!("{url}?{query}");
+        }
+        self.url = url;
+    }
+
     /// Checks the values the store cannot work with; the error names the key.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         let bad = |key, problem: &str| Err((key, problem.to_string()));
@@ -72,5 +95,28 @@ mod tests {
         assert_eq!(Backend::of("postgresql://db/x"), Some(Backend::Postgres));
         assert_eq!(Backend::of("mysql://db/x"), None);
         assert_eq!(Backend::of("thalamus.db"), None);
+    }
+
+    #[test]
+    fn a_relative_sqlite_file_is_resolved_against_the_base() {
+        let resolved = |url: &str| {
+            let mut s = super::DatabaseSettings {
+                url: url.into(),
+                ..Default::default()
+            };
+            s.resolve_path(std::path::Path::new("/srv/thalamus"));
+            s.url
+        };
+        assert_eq!(
+            resolved("sqlite://thalamus.db"),
+            "sqlite:///srv/thalamus/thalamus.db"
+        );
+        assert_eq!(
+            resolved("sqlite:db/t.db?mode=rwc"),
+            "sqlite:///srv/thalamus/db/t.db?mode=rwc"
+        );
+        assert_eq!(resolved("sqlite:///var/t.db"), "sqlite:///var/t.db");
+        assert_eq!(resolved("sqlite::memory:"), "sqlite::memory:");
+        assert_eq!(resolved("postgres://db/x"), "postgres://db/x");
     }
 }

@@ -271,6 +271,15 @@ impl Requests {
         record(status, &request);
         if request.state == RequestState::Created {
             request = self.client.submit(service, request.id).await?;
+            info!(
+                request = request.id,
+                external_id = status.external_id.as_deref().unwrap_or_default(),
+                state = %request.state,
+                "Workspaces {} request {} ({}) submitted",
+                service.path(),
+                request.id,
+                target.name()
+            );
             record(status, &request);
         }
         let what = format!(
@@ -326,7 +335,19 @@ impl Requests {
             .into_iter()
             .filter(|r| r.external_id.as_deref().is_none_or(|e| e == external_id))
             .filter(|r| r.state != RequestState::Failed && r.id > superseded)
-            .max_by_key(|r| r.id))
+            .max_by_key(|r| r.id)
+            .inspect(|r| {
+                if status.request_id != Some(r.id) {
+                    info!(
+                        request = r.id,
+                        external_id,
+                        state = %r.state,
+                        "Workspaces {} request {} found for {external_id}: adopted, not created again",
+                        service.path(),
+                        r.id
+                    );
+                }
+            }))
     }
 
     /// Creates a request; a 409 means one exists already (another replica, or an answer that
@@ -355,6 +376,17 @@ impl Requests {
                         "{message}; yet no live request for {external_id} is listed"
                     ))
                 }),
+            Ok(request) => {
+                info!(
+                    request = request.id,
+                    external_id,
+                    "Workspaces {} request {} ({}) created",
+                    service.path(),
+                    request.id,
+                    target.name()
+                );
+                Ok(request)
+            }
             other => other,
         }
     }
