@@ -35,6 +35,7 @@ pub struct Settings {
     pub executions: crate::engine::ExecutionSettings,
     pub log: crate::telemetry::LogSettings,
     pub events: crate::bus::EventsSettings,
+    pub api: crate::api::ApiSettings,
     /// The sections the step modules in `steps/` declare and read.
     #[serde(flatten, skip_deserializing)]
     pub steps: crate::steps::Settings,
@@ -66,6 +67,7 @@ impl Default for Settings {
             executions: Default::default(),
             log: Default::default(),
             events: crate::bus::EventsSettings::default(),
+            api: Default::default(),
             steps: crate::steps::Settings::default(),
         }
     }
@@ -169,6 +171,7 @@ impl Settings {
             self.database.validate(),
             self.engine().validate(),
             self.events.validate().map_err(owned),
+            self.api.validate(),
             self.steps.validate().map_err(owned),
         ];
         for check in checks {

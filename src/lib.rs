@@ -18,6 +18,8 @@
 //!   the same run (the CLI prints them).
 //! - [`app`]: the bootstrap: `EngineBuilder` (settings → registry → graph → store → engine),
 //!   used by `run`, dead-letter replay and the bench; the transports started beside `run`.
+//! - [`api`]: the operator surface `run` serves (axum): JSON API with its OpenAPI document,
+//!   the web page, Prometheus metrics, `/healthz` `/readyz`; owns the `api` settings.
 //! - [`cli`]: the `thalamus` command line and its tables.
 //! - [`telemetry`]: tracing setup and `log.*` settings.
 //! - [`workspaces`]: plain Workspaces and archive REST clients, rate-limited.
@@ -25,9 +27,10 @@
 //!   system, their settings sections, and the `prelude` a step imports.
 //!
 //! Layers point one way (`../shared/tools/module-cycles src` finds no cycle): `cli` → `app` →
-//! {`config`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
+//! {`config`, `api`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
 //! `secret`).
 
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bus;
