@@ -23,12 +23,17 @@ const TOKEN: &str = "s3cret-token";
 
 /// Serves the surface over `engine` on a free port; its base URL.
 async fn serve(engine: &Engine, token: Option<&str>) -> String {
+    serve_with(engine, token, &EventsSettings::default()).await
+}
+
+/// Like [`serve`], telling of the transports `events` enables.
+async fn serve_with(engine: &Engine, token: Option<&str>, events: &EventsSettings) -> String {
     let settings = ApiSettings {
         listen: "127.0.0.1:0".into(),
         token: token.map(Secret::new),
         ..ApiSettings::default()
     };
-    let server = thalamus::api::serve(engine, &settings, &EventsSettings::default())
+    let server = thalamus::api::serve(engine, &settings, events)
         .await
         .expect("serve")
         .expect("enabled");
@@ -430,10 +435,11 @@ async fn metrics_move_after_a_reconcile(backend: Backend) {
         1.0
     );
     assert_eq!(after["thalamus_store_up"], 1.0);
-    assert!(
-        after.contains_key(r#"thalamus_events_consumed_total{transport="none"}"#),
+    assert_eq!(
+        after[r#"thalamus_events_consumed_total{transport="direct"}"#], 0.0,
         "{text}"
     );
+    assert!(!text.contains(r#"transport="kafka""#), "off: {text}");
 }
 
 async fn cli_and_api_show_the_same_figures(backend: Backend) {
@@ -547,7 +553,10 @@ async fn openapi_and_health(backend: Backend) {
         .any(|r| r["this"] == true));
     let (status, consumers) = get(&format!("{base}/api/v1/consumers")).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(consumers["consumed"], 0);
+    assert_eq!(consumers[0]["transport"], "kafka");
+    assert_eq!(consumers[0]["enabled"], false);
+    assert_eq!(consumers[1]["transport"], "amqp");
+    assert_eq!(consumers[2]["consumed"], 0);
 }
 
 both_backends!(
@@ -673,4 +682,65 @@ async fn thalamus_run_serves_the_surface() {
     let (status, ready) = get(&format!("{base}/readyz")).await;
     assert_eq!(status, StatusCode::OK, "{ready}");
     assert!(c.alive());
+}
+
+/// `/readyz` names an enabled broker that is not connected, and turns ready once the
+/// transport is; the consumer's counters move per transport (a message no step can apply is
+/// dead-lettered under `amqp`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_consumers_follow_the_amqp_transport() {
+    use common::brokers::{self, ARCHIVE};
+    let h = Harness::new(Backend::Sqlite).await;
+    let mut events = brokers::events("api_amqp");
+    events.kafka.enabled = false;
+    let base = serve_with(&h.engine, None, &events).await;
+
+    let (status, ready) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    let failing: Vec<&Value> = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .collect();
+    assert_eq!(failing.len(), 1, "{ready}");
+    assert_eq!(failing[0]["name"], "amqp connected");
+
+    let shutdown = h.engine.shutdown_token();
+    let sink = std::sync::Arc::new(h.engine.clone());
+    let transports = thalamus::bus::start(sink, h.engine.holder(), &events, &shutdown);
+    brokers::eventually("readyz ready with AMQP connected", || async {
+        get(&format!("{base}/readyz")).await.0 == StatusCode::OK
+    })
+    .await;
+
+    brokers::publish_amqp(
+        &brokers::actual(&events, ARCHIVE),
+        "ingestion.event",
+        &[b"not json".to_vec()],
+    )
+    .await;
+    brokers::eventually("the message dead-lettered", || async {
+        let (_, consumers) = get(&format!("{base}/api/v1/consumers")).await;
+        consumers[1]["dead_lettered"] == 1
+    })
+    .await;
+    let (_, consumers) = get(&format!("{base}/api/v1/consumers")).await;
+    assert_eq!(consumers[1]["connected"], true, "{consumers}");
+    assert_eq!(consumers[1]["consumed"], 1, "{consumers}");
+    let metrics = parse_metrics(&text(&format!("{base}/metrics")).await.1);
+    assert_eq!(
+        metrics[r#"thalamus_events_dead_lettered_total{transport="amqp"}"#],
+        1.0
+    );
+    assert_eq!(
+        metrics[r#"thalamus_events_connected{transport="amqp"}"#],
+        1.0
+    );
+    let (_, letters) = get(&format!("{base}/api/v1/dead-letters")).await;
+    assert_eq!(letters[0]["payload"], "not json", "{letters}");
+
+    shutdown.cancel();
+    transports.join_all().await;
+    brokers::cleanup_amqp(&events).await;
 }

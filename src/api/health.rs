@@ -50,8 +50,8 @@ pub async fn healthz() -> Json<Health> {
     })
 }
 
-/// The store answers within 2 s and its schema is migrated; 503 naming the failing check
-/// otherwise (a database outage makes it unready until the database answers again).
+/// The store answers within 2 s, its schema is migrated, and each enabled broker is
+/// connected; 503 naming the failing check otherwise (a database outage makes it unready until the database answers again).
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = Health),
@@ -84,6 +84,18 @@ pub async fn readyz(State(api): State<Api>) -> (StatusCode, Json<Health>) {
         "migrations",
         migrated.unwrap_or_else(|| Err("not checked: the store does not answer".into())),
     ));
+    for consumer in super::overview::consumer_list(&api) {
+        if consumer.enabled && consumer.transport != "direct" {
+            checks.push(check(
+                &format!("{} connected", consumer.transport),
+                if consumer.connected {
+                    Ok(())
+                } else {
+                    Err("the broker is not connected".into())
+                },
+            ));
+        }
+    }
     let ok = checks.iter().all(|c| c.ok);
     let status = if ok {
         StatusCode::OK

@@ -111,48 +111,61 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         failures,
     );
 
-    let snapshot = engine.event_metrics().snapshot();
-    let transport = TransportLabel {
-        transport: match (api.transports.kafka, api.transports.amqp) {
-            (true, false) => "kafka",
-            (false, true) => "amqp",
-            (true, true) => "kafka+amqp",
-            (false, false) => "none",
-        }
-        .into(),
-    };
-    for (name, help, value) in [
-        (
-            "thalamus_events_consumed",
-            "Event messages consumed",
-            snapshot.consumed,
-        ),
+    let consumers = super::overview::consumer_list(&api);
+    let connected = Family::<TransportLabel, Gauge>::default();
+    for c in consumers
+        .iter()
+        .filter(|c| c.enabled && c.transport != "direct")
+    {
+        connected
+            .get_or_create(&TransportLabel {
+                transport: c.transport.clone(),
+            })
+            .set(i64::from(c.connected));
+    }
+    registry.register(
+        "thalamus_events_connected",
+        "Whether the transport's broker is connected",
+        connected,
+    );
+    type Pick = fn(&super::overview::Consumer) -> u64;
+    let counters: [(&str, &str, Pick); 5] = [
+        ("thalamus_events_consumed", "Event messages consumed", |c| {
+            c.consumed
+        }),
         (
             "thalamus_events_applied",
             "Event messages that changed a model",
-            snapshot.applied,
+            |c| c.applied,
         ),
         (
             "thalamus_events_unchanged",
             "Event messages that changed nothing (duplicates, stale)",
-            snapshot.unchanged,
+            |c| c.unchanged,
         ),
         (
             "thalamus_events_dead_lettered",
             "Event messages stored as dead letters",
-            snapshot.dead_lettered,
+            |c| c.dead_lettered,
         ),
         (
             "thalamus_events_retried",
             "Event batches that could not be stored and were retried",
-            snapshot.retried,
+            |c| c.retried,
         ),
-    ] {
+    ];
+    for (name, help, pick) in counters {
         let family = Family::<TransportLabel, Counter>::default();
-        family.get_or_create(&transport).inc_by(value);
+        for c in consumers.iter().filter(|c| c.enabled) {
+            family
+                .get_or_create(&TransportLabel {
+                    transport: c.transport.clone(),
+                })
+                .inc_by(pick(c));
+        }
         registry.register(name, help, family);
     }
-    if let Some(lag) = snapshot.lag {
+    if let Some(lag) = consumers.iter().find_map(|c| c.lag) {
         let gauge = Gauge::<i64>::default();
         gauge.set(lag);
         registry.register(

@@ -15,7 +15,7 @@ use super::params::Params;
 use super::views::{self, Counts};
 use super::Api;
 use crate::clock::format_ms;
-use crate::engine::{EventReport, MetricsSnapshot};
+use crate::engine::{EventReport, TransportSnapshot};
 use crate::step::{Event, Transport};
 use crate::store::DeadLetter;
 
@@ -82,6 +82,11 @@ pub struct ReplicaView {
 #[utoipa::path(get, path = "/api/v1/replicas", tag = "overview",
     responses((status = 200, description = "Replicas by holder id", body = [ReplicaView])))]
 pub async fn replicas(State(api): State<Api>) -> Result<Json<Vec<ReplicaView>>, ApiError> {
+    Ok(Json(replica_list(&api).await?))
+}
+
+/// The replicas by holder id, this process among them, and the leases each holds now.
+pub async fn replica_list(api: &Api) -> Result<Vec<ReplicaView>, ApiError> {
     let store = api.engine.store();
     let now = api.engine.now_ms();
     let mut held: BTreeMap<String, u64> = BTreeMap::new();
@@ -128,17 +133,18 @@ pub async fn replicas(State(api): State<Api>) -> Result<Json<Vec<ReplicaView>>, 
             this: false,
         });
     }
-    Ok(Json(out))
+    Ok(out)
 }
 
-/// The event consumers of this process.
+/// One event transport of this process: whether it runs, whether its broker is connected,
+/// and its counters since start.
 #[derive(Debug, Serialize, ToSchema)]
-pub struct Consumers {
-    /// Whether the Kafka consumer is enabled.
-    pub kafka: bool,
-    /// Whether the AMQP consumer is enabled.
-    pub amqp: bool,
-    /// Since start, over the enabled transports.
+pub struct Consumer {
+    /// kafka, amqp, or direct (dead-letter replays and tests).
+    pub transport: String,
+    pub enabled: bool,
+    /// Whether its broker is connected now (Kafka: as librdkafka last reported, every 5 s).
+    pub connected: bool,
     pub consumed: u64,
     pub applied: u64,
     /// Duplicates and stale messages.
@@ -150,28 +156,45 @@ pub struct Consumers {
     pub lag: Option<i64>,
 }
 
-/// Event consumer state and counters.
-#[utoipa::path(get, path = "/api/v1/consumers", tag = "overview",
-    responses((status = 200, description = "Consumers and counters", body = Consumers)))]
-pub async fn consumers(State(api): State<Api>) -> Json<Consumers> {
-    let MetricsSnapshot {
-        consumed,
-        applied,
-        unchanged,
-        dead_lettered,
-        retried,
-        lag,
-    } = api.engine.event_metrics().snapshot();
-    Json(Consumers {
-        kafka: api.transports.kafka,
-        amqp: api.transports.amqp,
-        consumed,
-        applied,
-        unchanged,
-        dead_lettered,
-        retried,
-        lag,
+/// Each transport's state and counters.
+pub fn consumer_list(api: &Api) -> Vec<Consumer> {
+    let metrics = api.engine.event_metrics();
+    let lag = metrics.snapshot().lag;
+    [
+        (Transport::Kafka, "kafka", api.transports.kafka),
+        (Transport::Amqp, "amqp", api.transports.amqp),
+        (Transport::Direct, "direct", true),
+    ]
+    .into_iter()
+    .map(|(t, name, enabled)| {
+        let TransportSnapshot {
+            connected,
+            consumed,
+            applied,
+            unchanged,
+            dead_lettered,
+            retried,
+        } = metrics.transport(t);
+        Consumer {
+            transport: name.into(),
+            enabled,
+            connected: connected || t == Transport::Direct,
+            consumed,
+            applied,
+            unchanged,
+            dead_lettered,
+            retried,
+            lag: if t == Transport::Kafka { lag } else { None },
+        }
     })
+    .collect()
+}
+
+/// Event consumers: connected, lag, consumed, applied, dead-lettered, per transport.
+#[utoipa::path(get, path = "/api/v1/consumers", tag = "overview",
+    responses((status = 200, description = "One entry per transport", body = [Consumer])))]
+pub async fn consumers(State(api): State<Api>) -> Json<Vec<Consumer>> {
+    Json(consumer_list(&api))
 }
 
 /// A message no event step could apply.

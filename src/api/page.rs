@@ -126,7 +126,8 @@ pub async fn overview(State(api): State<Api>) -> Response {
 
 async fn overview_body(api: &Api) -> Result<Markup, ApiError> {
     let counts = views::counts(api.engine.store()).await?;
-    let events = api.engine.event_metrics().snapshot();
+    let consumers = super::overview::consumer_list(api);
+    let replicas = super::overview::replica_list(api).await?;
     let dead = api.engine.store().dead_letters(Some(1000)).await?.len();
     Ok(html! {
         h2 { "Models" }
@@ -157,15 +158,33 @@ async fn overview_body(api: &Api) -> Result<Markup, ApiError> {
             } }
         }
         h2 { "Event consumers" }
-        p {
-            "Kafka " (if api.transports.kafka { "on" } else { "off" })
-            ", AMQP " (if api.transports.amqp { "on" } else { "off" })
-            ". Consumed " (events.consumed) ", applied " (events.applied)
-            ", unchanged " (events.unchanged) ", dead-lettered " (events.dead_lettered)
-            ", retried " (events.retried)
-            @if let Some(lag) = events.lag { ", Kafka lag " (lag) }
-            ". " a href="/dead-letters" { (dead) " dead letter(s) stored" }
-        }
+        div.wrap { table {
+            tr { th { "Transport" } th { "Enabled" } th { "Connected" } th { "Consumed" } th { "Applied" } th { "Unchanged" } th { "Dead-lettered" } th { "Retried" } th { "Lag" } }
+            @for c in &consumers {
+                tr {
+                    td { (c.transport) }
+                    td { (if c.enabled { "yes" } else { "no" }) }
+                    td { @if c.enabled { (state_badge(if c.connected { "ok" } else { "error" })) } @else { "-" } }
+                    td.n { (c.consumed) } td.n { (c.applied) } td.n { (c.unchanged) }
+                    td.n { (c.dead_lettered) } td.n { (c.retried) }
+                    td.n { (c.lag.map(|l| l.to_string()).unwrap_or_else(|| "-".into())) }
+                }
+            }
+        } }
+        p { a href="/dead-letters" { (dead) " dead letter(s) stored" } }
+        h2 { "Replicas" }
+        div.wrap { table {
+            tr { th { "Holder" } th { "Alive" } th { "Leases held" } th { "Started" } th { "Heartbeat until" } }
+            @for r in &replicas {
+                tr {
+                    td { (r.holder) @if r.this { " (this process)" } }
+                    td { (state_badge(if r.alive { "ok" } else { "error" })) }
+                    td.n { (r.leases) }
+                    td { (r.started_at.as_deref().unwrap_or("-")) }
+                    td { (r.heartbeat_until.as_deref().unwrap_or("-")) }
+                }
+            }
+        } }
         @if let Some(since) = api.engine.store_health().failing_since() {
             p.err { "The store has been failing since " (crate::clock::format_ms(since)) "." }
         }

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::Backoff;
 pub use delivery::{Delivery, EventSink};
 pub use event::EventReport;
-pub use event_metrics::{EventMetrics, MetricsSnapshot};
+pub use event_metrics::{EventMetrics, MetricsSnapshot, TransportSnapshot};
 pub use health::StoreHealth;
 pub use membership::Seat;
 pub use policy::PolicyReport;
