@@ -666,6 +666,23 @@ async fn thalamus_run_serves_the_surface() {
         "{metrics:?}"
     );
 
+    // The Ingestion's calls to Workspaces and the VLA scans are counted too.
+    common::brokers::eventually("a Workspaces call counted", || async {
+        let text = text(&format!("{base}/metrics")).await.1;
+        parse_metrics(&text)
+            .get(r#"thalamus_http_calls_total{service="workspaces",result="ok"}"#)
+            .is_some_and(|n| *n >= 1.0)
+    })
+    .await;
+    let metrics = parse_metrics(&text(&format!("{base}/metrics")).await.1);
+    let sdm = dir.path().join("sdm").display().to_string();
+    let scans = format!(r#"thalamus_pull_scan_seconds_count{{root="{sdm}"}}"#);
+    assert!(metrics[&scans] >= 1.0, "{metrics:?}");
+    let pending = format!(r#"thalamus_pull_datasets_pending_settle{{root="{sdm}"}}"#);
+    assert_eq!(metrics[&pending], 0.0, "{metrics:?}");
+    assert!(metrics
+        .contains_key(r#"thalamus_http_rate_limit_wait_seconds_count{service="workspaces"}"#));
+
     let retry = format!(
         "{base}/api/v1/models/Observation/{}/retry",
         thalamus::api::encode_segment(key)

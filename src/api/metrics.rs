@@ -39,6 +39,8 @@ pub async fn metrics(State(api): State<Api>) -> Response {
     let engine = &api.engine;
     let reconciles = engine.reconcile_metrics();
     reconciles.register(&mut registry);
+    crate::workspaces::call_metrics().register(&mut registry);
+    crate::sources::scan_metrics().register(&mut registry);
 
     let max = Family::<ControllerLabel, Gauge>::default();
     let depth = Family::<QueueLabel, Gauge>::default();
