@@ -21,7 +21,8 @@ header{display:flex;flex-wrap:wrap;gap:1rem;align-items:center;border-bottom:1px
 header a{color:#036;text-decoration:none;font-weight:600}
 h1{font-size:1.2rem;margin:0}
 table{border-collapse:collapse;width:100%;margin:.5rem 0 1.5rem;font-size:.9rem}
-th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;word-break:break-word}
+th,td{border:1px solid #ddd;padding:.3rem .5rem;text-align:left;vertical-align:top;white-space:nowrap}
+td.long{white-space:normal;min-width:14rem;overflow-wrap:anywhere}
 th{background:#eee}
 td.n{text-align:right;font-variant-numeric:tabular-nums}
 .wrap{overflow-x:auto}
@@ -241,7 +242,7 @@ async fn models_body(api: &Api, uri: &Uri) -> Result<Markup, ApiError> {
                     td.n { (m.enacted) }
                     td.n { (m.attempts) }
                     td { @if m.state != "ok" { (m.next_attempt_at.as_deref().unwrap_or("-")) } @else { "-" } }
-                    td { (m.backend_status) }
+                    td.long { (m.backend_status) }
                 }
             }
         } }
@@ -276,10 +277,10 @@ async fn model_body(api: &Api, kind: &str, key: &str) -> Result<Markup, ApiError
         }
         div.wrap { table {
             tr { th { "Generation" } td { (m.summary.generation) " (enacted " (s.enacted) ")" } }
-            tr { th { "Backend status" } td { (s.backend_status) } }
+            tr { th { "Backend status" } td.long { (s.backend_status) } }
             tr { th { "Attempts" } td { (s.attempts) } }
             tr { th { "Next attempt" } td { (s.next_attempt_at.as_deref().unwrap_or("-")) } }
-            tr { th { "Last error" } td.err { (s.last_error.as_deref().unwrap_or("-")) } }
+            tr { th { "Last error" } td.err.long { (s.last_error.as_deref().unwrap_or("-")) } }
             tr { th { "Waiting on" } td { (m.waiting_on.as_deref().unwrap_or("-")) } }
             tr { th { "Last success" } td { (m.last_success_at.as_deref().unwrap_or("-")) } }
             tr { th { "Created" } td { (m.created_at) } }
@@ -297,7 +298,7 @@ async fn model_body(api: &Api, kind: &str, key: &str) -> Result<Markup, ApiError
             @for e in &m.executions {
                 tr {
                     td { (e.started_at) } td { (e.step) } td.n { (e.generation) } td { (e.cause) }
-                    td { (e.outcome) } td.n { (e.duration_ms) " ms" } td { (e.error.as_deref().unwrap_or("")) }
+                    td { (e.outcome) } td.n { (e.duration_ms) " ms" } td.long { (e.error.as_deref().unwrap_or("")) }
                 }
             }
         } }
@@ -321,8 +322,8 @@ pub async fn dead_letters(State(api): State<Api>) -> Response {
                     td { (crate::clock::format_ms(d.received_at)) }
                     td { (d.transport) }
                     td { (d.topic) }
-                    td.err { (d.reason) }
-                    td { pre { (d.payload_text()) } }
+                    td.err.long { (d.reason) }
+                    td.long { pre { (d.payload_text()) } }
                     td { button.mut onclick={"act('POST','/api/v1/dead-letters/" (d.id) "/replay')"} { "Replay" } }
                 }
             }
