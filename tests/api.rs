@@ -761,3 +761,29 @@ async fn readyz_and_consumers_follow_the_amqp_transport() {
     transports.join_all().await;
     brokers::cleanup_amqp(&events).await;
 }
+
+/// The shipped config.yaml spells out the `api` defaults; the token comes from the
+/// environment; a bad listen address is refused by name.
+#[test]
+fn api_settings_load_from_the_file_and_the_environment() {
+    use thalamus::config::Settings;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config.yaml");
+    let env = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let s = Settings::load_with_env(Some(&path), None, Vec::new()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&s.api).unwrap(),
+        serde_json::to_value(ApiSettings::default()).unwrap()
+    );
+    assert_eq!(s.api.listen, "127.0.0.1:8080");
+    assert!(
+        s.api.token.is_none(),
+        "no token unless configured: mutations refused"
+    );
+    let s =
+        Settings::load_with_env(Some(&path), None, env("THALAMUS__API__TOKEN", "t0k-en")).unwrap();
+    assert_eq!(s.api.token.unwrap().expose(), "t0k-en");
+    let err = Settings::load_with_env(Some(&path), None, env("THALAMUS__API__LISTEN", "nowhere"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`api.listen`"), "{err}");
+}
