@@ -185,6 +185,14 @@ async fn one_model_and_404s(backend: Backend) {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(history.as_array().unwrap().len(), 1);
 
+    let r = client()
+        .put(format!("{base}/api/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("PUT"), "{body}");
     for url in [
         format!("{base}/api/v1/models/Parent/nope"),
         format!("{base}/api/v1/models/Parent/nope/history"),
@@ -701,15 +709,15 @@ async fn thalamus_run_serves_the_surface() {
     assert!(c.alive());
 }
 
-/// `/readyz` names an enabled broker that is not connected, and turns ready once the
-/// transport is; the consumer's counters move per transport (a message no step can apply is
+/// `/readyz` names each enabled broker that is not connected (Kafka and AMQP), and turns
+/// ready once the transports are; the consumer's counters move per transport (a message no step can apply is
 /// dead-lettered under `amqp`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_and_consumers_follow_the_amqp_transport() {
+async fn readyz_and_consumers_follow_the_transports() {
     use common::brokers::{self, ARCHIVE};
     let h = Harness::new(Backend::Sqlite).await;
-    let mut events = brokers::events("api_amqp");
-    events.kafka.enabled = false;
+    brokers::ensure_kafka();
+    let events = brokers::events("api_brokers");
     let base = serve_with(&h.engine, None, &events).await;
 
     let (status, ready) = get(&format!("{base}/readyz")).await;
@@ -720,13 +728,17 @@ async fn readyz_and_consumers_follow_the_amqp_transport() {
         .iter()
         .filter(|c| c["ok"] == false)
         .collect();
-    assert_eq!(failing.len(), 1, "{ready}");
-    assert_eq!(failing[0]["name"], "amqp connected");
+    let names: Vec<&Value> = failing.iter().map(|c| &c["name"]).collect();
+    assert_eq!(
+        names,
+        [&json!("kafka connected"), &json!("amqp connected")],
+        "{ready}"
+    );
 
     let shutdown = h.engine.shutdown_token();
     let sink = std::sync::Arc::new(h.engine.clone());
     let transports = thalamus::bus::start(sink, h.engine.holder(), &events, &shutdown);
-    brokers::eventually("readyz ready with AMQP connected", || async {
+    brokers::eventually("readyz ready with both brokers connected", || async {
         get(&format!("{base}/readyz")).await.0 == StatusCode::OK
     })
     .await;

@@ -133,6 +133,7 @@ pub fn router(api: Api) -> Router {
         .route("/api/v1/dead-letters/{id}", get(overview::dead_letter))
         .route("/api/v1/dead-letters/{id}/replay", post(overview::replay))
         .fallback(models::no_route)
+        .method_not_allowed_fallback(models::wrong_method)
         .with_state(api)
 }
 

@@ -177,3 +177,11 @@ pub async fn no_route(uri: Uri) -> ApiError {
         format!("no such endpoint: {}", uri.path()),
     )
 }
+
+/// 405 for a method the path does not take.
+pub async fn wrong_method(method: axum::http::Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} does not take {method}", uri.path()),
+    )
+}

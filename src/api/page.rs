@@ -155,7 +155,16 @@ async fn overview_body(api: &Api) -> Result<Markup, ApiError> {
                         td.n { (k.total) }
                     }
                 }
-                tr { th { "All" } @for _ in ModelState::ALL { td {} } td.n { (counts.total) } }
+                tr {
+                    th { "All" }
+                    @for s in ModelState::ALL {
+                        @let n: i64 = counts.kinds.iter().map(|k| k.get(s)).sum();
+                        td.n.zero[n == 0] {
+                            @if n > 0 { a href={"/models?state=" (s.as_str())} { (n) } } @else { "0" }
+                        }
+                    }
+                    td.n { a href="/models" { (counts.total) } }
+                }
             } }
         }
         h2 { "Event consumers" }
