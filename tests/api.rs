@@ -799,3 +799,56 @@ fn api_settings_load_from_the_file_and_the_environment() {
         .to_string();
     assert!(err.contains("`api.listen`"), "{err}");
 }
+
+/// The real `thalamus run` on PostgreSQL through a proxy: `/readyz` turns unready while the
+/// database is cut, `/healthz` still answers, and `/readyz` is ready again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thalamus_run_is_unready_while_its_database_is_cut() {
+    use common::controller::{self, Controller};
+    let stub = common::workspaces_stub::Stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = common::TestDb::new(Backend::Postgres).await;
+    let proxy = Proxy::postgres().await;
+    let settings = controller::settings(dir.path(), &db.url_via(proxy.addr()), &stub);
+    let config = controller::write_config(dir.path(), "thalamus", &settings);
+    let mut c = Controller::spawn(&config, dir.path(), "thalamus", &[]);
+    let mut base = String::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while base.is_empty() {
+        assert!(c.alive(), "the controller exited:\n{}", c.tail(20));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no address logged:\n{}",
+            c.tail(20)
+        );
+        match c
+            .log_lines()
+            .iter()
+            .find(|l| l.message.starts_with("operator surface at "))
+        {
+            Some(line) => {
+                base = line.message["operator surface at ".len()..]
+                    .trim_end_matches('/')
+                    .to_string()
+            }
+            None => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    common::brokers::eventually("ready", || async {
+        get(&format!("{base}/readyz")).await.0 == StatusCode::OK
+    })
+    .await;
+
+    proxy.cut(Mode::Refuse);
+    let (status, ready) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{ready}");
+    assert_eq!(ready["checks"][0]["name"], "store", "{ready}");
+    assert_eq!(get(&format!("{base}/healthz")).await.0, StatusCode::OK);
+
+    proxy.restore();
+    common::brokers::eventually("ready again", || async {
+        get(&format!("{base}/readyz")).await.0 == StatusCode::OK
+    })
+    .await;
+    assert!(c.alive(), "{}", c.tail(20));
+}
