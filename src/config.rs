@@ -36,6 +36,7 @@ pub struct Settings {
     pub log: crate::telemetry::LogSettings,
     pub events: crate::bus::EventsSettings,
     pub outbox: crate::outbox::OutboxSettings,
+    pub api: crate::api::ApiSettings,
     /// The sections the step modules in `steps/` declare and read.
     #[serde(flatten, skip_deserializing)]
     pub steps: crate::steps::Settings,
@@ -68,6 +69,7 @@ impl Default for Settings {
             log: Default::default(),
             events: crate::bus::EventsSettings::default(),
             outbox: Default::default(),
+            api: Default::default(),
             steps: crate::steps::Settings::default(),
         }
     }
@@ -192,6 +194,7 @@ impl Settings {
             self.log.validate(),
             self.events.validate().map_err(owned),
             self.outbox.validate(),
+            self.api.validate(),
             self.steps.validate().map_err(owned),
         ];
         for check in checks {

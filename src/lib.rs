@@ -20,6 +20,8 @@
 //!   used by `run`, dead-letter replay and the bench; the transports started beside `run`.
 //! - [`outbox`]: announcements (what thalamus tells downstream), the outbox rows they become,
 //!   and the relay that publishes them at least once.
+//! - [`api`]: the operator surface `run` serves (axum): JSON API with its OpenAPI document,
+//!   the web page, Prometheus metrics, `/healthz` `/readyz`; owns the `api` settings.
 //! - [`cli`]: the `thalamus` command line and its tables.
 //! - [`telemetry`]: tracing setup and `log.*` settings.
 //! - [`workspaces`]: plain Workspaces and archive REST clients, rate-limited.
@@ -27,9 +29,10 @@
 //!   system, their settings sections, and the `prelude` a step imports.
 //!
 //! Layers point one way (`../shared/tools/module-cycles src` finds no cycle): `cli` → `app` →
-//! {`config`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
+//! {`config`, `api`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
 //! `secret`).
 
+pub mod api;
 pub mod app;
 pub mod bench;
 pub mod bus;

@@ -16,6 +16,7 @@ fn thalamus(dir: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(dir)
         .env_remove("RUST_LOG")
+        .env("THALAMUS__API__LISTEN", "127.0.0.1:0")
         .output()
         .expect("run thalamus")
 }
@@ -338,6 +339,7 @@ fn sqlite_allows_one_controller_and_sigterm_stops_it_cleanly() {
         .args(["run"])
         .current_dir(dir.path())
         .env("RUST_LOG", "info")
+        .env("THALAMUS__API__LISTEN", "127.0.0.1:0")
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()

@@ -135,6 +135,20 @@ async fn a_broker_outage_loses_nothing_and_keeps_order(backend: Backend) {
     assert_eq!(pass.sent, 0);
     assert!(pass.failed.is_some(), "the cut broker failed the pass");
     assert_eq!(engine.store().outbox_depth().await.unwrap().unsent, 5);
+    // The operator sees them waiting.
+    let url = db.url.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_thalamus"))
+            .args(["status", "-o", "json"])
+            .env("THALAMUS__DATABASE__URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["outbox_waiting"], 5, "{status}");
+    assert!(status["oldest_outbox"].is_string(), "{status}");
     proxy.restore();
     assert_eq!(relay.pass().await.unwrap().sent, 5);
     let names: Vec<String> = listener

@@ -15,7 +15,8 @@ fn config(dir: &Path, stub: &Stub) -> String {
         "model_deps: {deps}\ndatabase:\n  url: sqlite://{db}\n\
          sources:\n  vla:\n    path: {sdm}\n    bdf_path: null\n    marker_file: DONE\n    poll_seconds: 1\n    settle_seconds: 1\n  vlba:\n    enabled: false\n\
          workspaces:\n  url: {ws}\n  timeout_seconds: 120\n  poll_seconds: 60\n\
-         archive:\n  url: {ar}\n",
+         archive:\n  url: {ar}\n\
+         api:\n  listen: 127.0.0.1:0\n",
         deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-deps.json").display(),
         db = dir.join("thalamus.db").display(),
         sdm = dir.join("sdm").display(),

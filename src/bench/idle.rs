@@ -104,7 +104,8 @@ impl Tree {
                vla: {{path: {sdm}, bdf_path: {bdf}, marker_file: {MARKER}}}\n  \
                vlba: {{path: {vlba}, marker_file: {MARKER}}}\n\
              workspaces: {{url: {workspaces}}}\n\
-             log: {{level: info, format: json}}\n",
+             log: {{level: info, format: json}}\n\
+             api: {{listen: \"127.0.0.1:0\"}}\n",
             url = serde_json::to_string(url)?,
             deps = q(&deps)?,
             holder = serde_json::to_string(&format!(

@@ -213,6 +213,7 @@ pub async fn run_amqp(
         let error = match AmqpSession::connect(&events).await {
             Ok(mut session) => {
                 info!(url = %url, queue = %settings.queue, "consuming AMQP");
+                sink.event_metrics().set_connected(Transport::Amqp, true);
                 delays = backoff.build();
                 match session.consume(sink.as_ref(), &shutdown).await {
                     Ok(()) => return,
@@ -221,6 +222,7 @@ pub async fn run_amqp(
             }
             Err(e) => e,
         };
+        sink.event_metrics().set_connected(Transport::Amqp, false);
         let delay = delays.next().unwrap_or(Duration::from_secs(30));
         warn!(url = %url, "AMQP unavailable, reconnecting in {delay:?}: {error:#}");
         tokio::select! {

@@ -63,6 +63,11 @@ impl ClientContext for LagContext {
         if !known.is_empty() {
             self.metrics.set_lag(known.iter().sum());
         }
+        let up = statistics
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && b.source != "internal");
+        self.metrics.set_connected(Transport::Kafka, up);
     }
 }
 
@@ -368,6 +373,7 @@ pub async fn run_kafka(
         }
     };
     info!(brokers = %settings.brokers, group = %settings.group_id, topics = ?settings.topics, "consuming Kafka");
+    sink.event_metrics().set_connected(Transport::Kafka, true);
     // Ten session timeouts: a broker expires a vanished member within one.
     let bound = Duration::from_millis(u64::from(settings.session_timeout_ms) * 10);
     tokio::select! {

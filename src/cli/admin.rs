@@ -34,6 +34,11 @@ pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Resul
         crate::telemetry::say("second signal: exiting now");
         std::process::exit(130);
     });
+    let _api = if once {
+        None
+    } else {
+        crate::api::serve(&engine, &settings.api, &settings.events).await?
+    };
     // One live process per holder id: after a crash, the restarted process waits for its
     // predecessor's heartbeat to lapse, then takes its leases over at once.
     let Some(seat) = engine.join().await? else {

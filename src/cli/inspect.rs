@@ -10,7 +10,8 @@ use super::output::{clip, out, outln, print_json, time_or_dash, Format, Table};
 use crate::clock::{format_ms, Clock, SystemClock};
 use crate::config::Settings;
 use crate::store::{
-    DeadLetterCount, Execution, ListFilter, ObjectSummary, Open, RetryResult, State, Store,
+    DeadLetterCount, Execution, ListFilter, ObjectSummary, Open, OutboxDepth, RetryResult, State,
+    Store,
 };
 
 async fn open(settings: &Settings) -> anyhow::Result<Store> {
@@ -66,6 +67,7 @@ async fn not_found(settings: &Settings, store: &Store, kind: &str, key: &str) ->
 pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
     let store = open(settings).await?;
     let letters = store.dead_letter_count().await?;
+    let outbox = store.outbox_depth().await?;
     let mut per_kind: BTreeMap<String, BTreeMap<State, i64>> = BTreeMap::new();
     for c in store.counts().await? {
         *per_kind
@@ -91,11 +93,16 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
             "total": total,
             "dead_letters": letters.count,
             "oldest_dead_letter": letters.oldest.map(format_ms),
+            "outbox_waiting": outbox.unsent,
+            "oldest_outbox": outbox.oldest.map(format_ms),
         }));
     }
     if per_kind.is_empty() {
         outln!("no objects yet");
         if let Some(line) = dead_letter_line(&letters) {
+            outln!("{line}");
+        }
+        if let Some(line) = outbox_line(&outbox) {
             outln!("{line}");
         }
         return Ok(());
@@ -117,7 +124,20 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
     if let Some(line) = dead_letter_line(&letters) {
         outln!("{line}");
     }
+    if let Some(line) = outbox_line(&outbox) {
+        outln!("{line}");
+    }
     Ok(())
+}
+
+/// The announcements waiting to be published, if any (JSON always counts them).
+fn outbox_line(outbox: &OutboxDepth) -> Option<String> {
+    let oldest = outbox.oldest.filter(|_| outbox.unsent > 0)?;
+    Some(format!(
+        "outbox: {} waiting (oldest written {}; `thalamus outbox list`)",
+        outbox.unsent,
+        format_ms(oldest)
+    ))
 }
 
 /// The dead letters kept, if any (JSON always counts them).

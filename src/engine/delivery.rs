@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::event::EventReport;
 use super::event_metrics::EventMetrics;
 use super::Engine;
-use crate::step::Event;
+use crate::step::{Event, Transport};
 use crate::store::NewDeadLetter;
 
 /// What became of a delivered message; every variant but `Abandoned` may be acknowledged.
@@ -80,7 +80,9 @@ impl Engine {
     ) -> Option<Vec<Delivery>> {
         let engine = self;
         let metrics = &engine.events;
-        metrics.consumed(events.len());
+        // A transport hands over a batch of its own messages.
+        let transport = events.first().map_or(Transport::Direct, |e| e.transport);
+        metrics.consumed(transport, events.len());
         let mut delays = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(30))
@@ -94,9 +96,10 @@ impl Engine {
                     let count =
                         |want: fn(&Delivery) -> bool| deliveries.iter().filter(|d| want(d)).count();
                     let applied = count(|d| *d == Delivery::Applied);
-                    metrics.applied(applied);
-                    metrics.unchanged(count(|d| *d == Delivery::Unchanged));
-                    metrics.dead_lettered(count(|d| matches!(d, Delivery::DeadLettered(_))));
+                    metrics.applied(transport, applied);
+                    metrics.unchanged(transport, count(|d| *d == Delivery::Unchanged));
+                    let dead = count(|d| matches!(d, Delivery::DeadLettered(_)));
+                    metrics.dead_lettered(transport, dead);
                     // A failed attempt may have stored effects that now read as unchanged.
                     if applied > 0 || retried {
                         engine.wake();
@@ -105,7 +108,7 @@ impl Engine {
                 }
                 Err(e) => {
                     retried = true;
-                    metrics.retried();
+                    metrics.retried(transport);
                     let delay = delays.next().unwrap_or(Duration::from_secs(30));
                     let first = events.first().map_or("", |e| e.position.as_str());
                     warn!(messages = events.len(), first = %first,

@@ -1,8 +1,10 @@
 //! Event counters, kept so the operator surface can export them.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use serde::Serialize;
+
+use crate::step::Transport;
 
 /// Counters of the event transports since start.
 #[derive(Debug, Default)]
@@ -14,6 +16,38 @@ pub struct EventMetrics {
     retried: AtomicU64,
     /// Kafka consumer lag in messages, summed over partitions; -1 when unknown.
     lag: AtomicI64,
+    /// The same counters per transport (Kafka, AMQP, direct), and whether each broker is
+    /// connected now.
+    per: [PerTransport; 3],
+}
+
+#[derive(Debug, Default)]
+struct PerTransport {
+    consumed: AtomicU64,
+    applied: AtomicU64,
+    unchanged: AtomicU64,
+    dead_lettered: AtomicU64,
+    retried: AtomicU64,
+    connected: AtomicBool,
+}
+
+/// One transport's counters, and whether its broker is connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct TransportSnapshot {
+    pub connected: bool,
+    pub consumed: u64,
+    pub applied: u64,
+    pub unchanged: u64,
+    pub dead_lettered: u64,
+    pub retried: u64,
+}
+
+fn slot(transport: Transport) -> usize {
+    match transport {
+        Transport::Kafka => 0,
+        Transport::Amqp => 1,
+        Transport::Direct => 2,
+    }
 }
 
 /// A copy of the counters at one moment.
@@ -38,20 +72,53 @@ impl EventMetrics {
         m
     }
 
-    pub(crate) fn consumed(&self, n: usize) {
+    pub(crate) fn consumed(&self, t: Transport, n: usize) {
         self.consumed.fetch_add(n as u64, Ordering::Relaxed);
+        self.per[slot(t)]
+            .consumed
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn applied(&self, n: usize) {
+    pub(crate) fn applied(&self, t: Transport, n: usize) {
         self.applied.fetch_add(n as u64, Ordering::Relaxed);
+        self.per[slot(t)]
+            .applied
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn unchanged(&self, n: usize) {
+    pub(crate) fn unchanged(&self, t: Transport, n: usize) {
         self.unchanged.fetch_add(n as u64, Ordering::Relaxed);
+        self.per[slot(t)]
+            .unchanged
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn dead_lettered(&self, n: usize) {
+    pub(crate) fn dead_lettered(&self, t: Transport, n: usize) {
         self.dead_lettered.fetch_add(n as u64, Ordering::Relaxed);
+        self.per[slot(t)]
+            .dead_lettered
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
-    pub(crate) fn retried(&self) {
+    pub(crate) fn retried(&self, t: Transport) {
         self.retried.fetch_add(1, Ordering::Relaxed);
+        self.per[slot(t)].retried.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records whether `transport`'s broker is connected now (the transports say so).
+    pub fn set_connected(&self, transport: Transport, connected: bool) {
+        self.per[slot(transport)]
+            .connected
+            .store(connected, Ordering::Relaxed);
+    }
+
+    /// One transport's counters now.
+    pub fn transport(&self, transport: Transport) -> TransportSnapshot {
+        let p = &self.per[slot(transport)];
+        TransportSnapshot {
+            connected: p.connected.load(Ordering::Relaxed),
+            consumed: p.consumed.load(Ordering::Relaxed),
+            applied: p.applied.load(Ordering::Relaxed),
+            unchanged: p.unchanged.load(Ordering::Relaxed),
+            dead_lettered: p.dead_lettered.load(Ordering::Relaxed),
+            retried: p.retried.load(Ordering::Relaxed),
+        }
     }
     pub(crate) fn set_lag(&self, lag: i64) {
         self.lag.store(lag, Ordering::Relaxed);

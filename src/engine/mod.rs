@@ -14,6 +14,7 @@ mod outcome;
 mod policy;
 mod pull;
 mod pull_health;
+mod reconcile_metrics;
 mod report;
 mod round;
 mod settings;
@@ -28,11 +29,12 @@ use tokio_util::sync::CancellationToken;
 pub use backoff::Backoff;
 pub use delivery::{Delivery, EventSink};
 pub use event::EventReport;
-pub use event_metrics::{EventMetrics, MetricsSnapshot};
+pub use event_metrics::{EventMetrics, MetricsSnapshot, TransportSnapshot};
 pub use health::StoreHealth;
 pub use membership::Seat;
 pub use policy::PolicyReport;
 pub use pull::PullSummary;
+pub use reconcile_metrics::{ControllerLabel, QueueLabel, ReconcileMetrics, ResultLabels, Running};
 pub use report::SyncReport;
 pub use settings::{
     BackoffSettings, EngineSettings, ExecutionSettings, PolicySettings, PullSettings, SyncSettings,
@@ -59,6 +61,8 @@ pub struct Engine {
     shutdown: CancellationToken,
     wake: Arc<Notify>,
     events: Arc<EventMetrics>,
+    /// Reconciles by kind and result, steps running now: controller-runtime's metrics.
+    pub(crate) reconciles: Arc<ReconcileMetrics>,
     /// Whether the store answers, so outages are logged once and shown to operators.
     pub(crate) health: Arc<StoreHealth>,
     /// Held by a sync pass: one at a time per engine.
@@ -112,6 +116,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             wake: Arc::new(Notify::new()),
             events: Arc::new(EventMetrics::new()),
+            reconciles: Arc::default(),
             health: Arc::new(StoreHealth::default()),
             pass_lock: Arc::new(Mutex::new(())),
             stray_leases: Arc::new(AtomicBool::new(false)),
@@ -122,6 +127,11 @@ impl Engine {
     /// The store, with link fields configured.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// The dependency graph this engine orders work by.
+    pub fn graph(&self) -> &DepGraph {
+        &self.graph
     }
 
     /// Typed model access on this engine's store and clock.
@@ -142,6 +152,16 @@ impl Engine {
     /// Counters of consumed events, for the operator surface.
     pub fn event_metrics(&self) -> Arc<EventMetrics> {
         self.events.clone()
+    }
+
+    /// Reconcile counters and the steps running now, for the operator surface.
+    pub fn reconcile_metrics(&self) -> Arc<ReconcileMetrics> {
+        self.reconciles.clone()
+    }
+
+    /// How many steps may run at once (`sync.concurrency`).
+    pub fn max_concurrent_reconciles(&self) -> usize {
+        self.settings.sync.concurrency
     }
 
     /// Whether the store answers, as the loops last found it.

@@ -378,7 +378,9 @@ impl<'e> Round<'e> {
         let timeout = Duration::from_secs(e.settings.sync.step_timeout_seconds);
         let clock = e.clock.clone();
         let span = info_span!("reconcile", kind = %row.kind, key = %row.key, generation = row.generation, op = ?op);
+        let running = e.reconciles.start(&row.kind);
         async move {
+            let _running = running;
             let started = clock.now_ms();
             let result = tokio::time::timeout(timeout, async {
                 match step {
@@ -467,6 +469,8 @@ impl<'e> Round<'e> {
             outcome,
             error,
         };
+        e.reconciles
+            .finished(&row.kind, &settled, execution.duration_ms);
         let status = status.map(|new| (row.status.clone(), new));
         self.nodes[i].running = false;
         self.settle(i, settled, status, Some(execution));

@@ -208,6 +208,7 @@ pub fn scan_root(
     extra: &dyn Fn(&DatasetScan) -> io::Result<Vec<PathBuf>>,
     settled: &mut dyn FnMut(DatasetScan) -> bool,
 ) -> io::Result<()> {
+    let started = std::time::Instant::now();
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     for entry in read_dir(root)? {
         let entry = entry?;
@@ -258,6 +259,8 @@ pub fn scan_root(
     if !aborted {
         settler.end_poll();
     }
+    let root_name = root.display().to_string();
+    super::metrics::scan_metrics().scanned(&root_name, started.elapsed(), settler.pending());
     // `thalamus bench` reads this line to count a running controller's polls and stats.
     debug!(root = %root.display(), datasets, stat_calls_total = stat_calls(), "scan done");
     Ok(())

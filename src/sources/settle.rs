@@ -120,6 +120,11 @@ impl Settler {
         self.seen.capacity() * slot + names
     }
 
+    /// Datasets seen and not (yet) settled.
+    pub fn pending(&self) -> usize {
+        self.seen.values().filter(|s| !s.settled).count()
+    }
+
     /// Records this poll's listing of a dataset; returns whether it is settled now.
     pub fn observe(&mut self, scan: &DatasetScan, now_ms: i64) -> bool {
         let fingerprint = scan.fingerprint().max(1); // 0 means "could not be listed"

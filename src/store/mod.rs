@@ -39,7 +39,7 @@ pub use leases::Lease;
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use operator::DeadLetterCount;
 pub use outbox::{NewOutboxRow, OutboxDepth, OutboxRow};
-pub use query::{ListFilter, ObjectSummary, State, StateCount};
+pub use query::{ListFilter, ObjectSummary, PageFilter, State, StateCount};
 pub use reason::Reason;
 pub use replicas::Replica;
 pub use settings::{Backend, DatabaseSettings};
@@ -219,6 +219,12 @@ impl Store {
         let sql = "SELECT COUNT(*) FROM objects WHERE 1 = 0";
         let probe = with_pool!(&self.db, pool => sqlx::query(sql).execute(pool).await.map(|_| ()));
         probe.map_err(|_| StoreError::NotInitialised(crate::secret::redact_url(&self.url)))
+    }
+
+    /// Whether the database answers at all (`SELECT 1`), for readiness probes.
+    pub async fn ping(&self) -> Result<()> {
+        with_pool!(&self.db, pool => sqlx::query("SELECT 1").execute(pool).await.map(|_| ()))?;
+        Ok(())
     }
 
     /// Whether this store is the embedded single-process SQLite backend.

@@ -108,9 +108,38 @@ pub struct ListFilter {
     pub limit: i64,
 }
 
+/// A page of objects across kinds for the operator API: optional kind, state and key prefix,
+/// ordered by (kind, key) and resumed after the last (kind, key) seen, so inserts between
+/// pages never repeat or skip a row.
+#[derive(Debug, Clone, Default)]
+pub struct PageFilter {
+    pub kind: Option<String>,
+    pub state: Option<State>,
+    /// Only keys starting with this text (compared exactly, case included).
+    pub prefix: Option<String>,
+    /// Resume after this (kind, key).
+    pub after: Option<(String, String)>,
+    pub limit: i64,
+}
+
 fn parse_state(s: &str) -> Result<State> {
     State::parse(s)
         .ok_or_else(|| StoreError::Invalid(format!("unknown state {s:?} in the database")))
+}
+
+fn summary(r: SummaryRow) -> Result<ObjectSummary> {
+    Ok(ObjectSummary {
+        state: parse_state(&r.state)?,
+        kind: r.kind,
+        key: r.key,
+        generation: r.generation,
+        enacted: r.enacted,
+        attempts: r.attempts,
+        next_attempt_at: r.next_attempt_at,
+        backend_status: r.backend_status,
+        last_error: r.last_error,
+        updated_at: r.updated_at,
+    })
 }
 
 impl Store {
@@ -151,22 +180,35 @@ impl Store {
             q.push(" ORDER BY key LIMIT ").push_bind(filter.limit);
             q.build_query_as().fetch_all(pool).await
         })?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(ObjectSummary {
-                    state: parse_state(&r.state)?,
-                    kind: r.kind,
-                    key: r.key,
-                    generation: r.generation,
-                    enacted: r.enacted,
-                    attempts: r.attempts,
-                    next_attempt_at: r.next_attempt_at,
-                    backend_status: r.backend_status,
-                    last_error: r.last_error,
-                    updated_at: r.updated_at,
-                })
-            })
-            .collect()
+        rows.into_iter().map(summary).collect()
+    }
+
+    /// One page of objects matching `filter`, ordered by (kind, key): the operator API's list.
+    pub async fn page(&self, filter: &PageFilter) -> Result<Vec<ObjectSummary>> {
+        let rows: Vec<SummaryRow> = with_pool!(&self.db, pool => {
+            let mut q = sqlx::QueryBuilder::new(format!(
+                "SELECT kind, key, generation, enacted, {STATE_SQL} AS state, attempts, next_attempt_at, \
+                 backend_status, last_error, updated_at FROM objects WHERE 1 = 1"));
+            if let Some(kind) = &filter.kind {
+                q.push(" AND kind = ").push_bind(kind);
+            }
+            if let Some(state) = filter.state {
+                q.push(format!(" AND {STATE_SQL} = ")).push_bind(state.as_str());
+            }
+            if let Some(prefix) = &filter.prefix {
+                q.push(" AND substr(key, 1, length(CAST(").push_bind(prefix);
+                q.push(" AS TEXT))) = ").push_bind(prefix);
+            }
+            if let Some((kind, key)) = &filter.after {
+                q.push(" AND (kind > ").push_bind(kind);
+                q.push(" OR (kind = ").push_bind(kind);
+                q.push(" AND key > ").push_bind(key);
+                q.push("))");
+            }
+            q.push(" ORDER BY kind, key LIMIT ").push_bind(filter.limit);
+            q.build_query_as().fetch_all(pool).await
+        })?;
+        rows.into_iter().map(summary).collect()
     }
 
     /// The kinds present in the store, for "unknown kind" hints.

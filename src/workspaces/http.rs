@@ -100,14 +100,36 @@ impl Http {
     }
 
     /// Sends one call, waiting for the rate limiter first; returns a 2xx answer's body.
+    /// Counts it, and the wait, in the call metrics.
     pub(crate) async fn send(
         &self,
         method: Method,
         url: Url,
         body: Option<&Value>,
     ) -> Result<Vec<u8>, CallError> {
-        let what = format!("{method} {url}");
+        let metrics = super::metrics::call_metrics();
+        let service = self.service.trim_start_matches("the ").to_lowercase();
+        let queued = Instant::now();
         self.limiter.acquire().await;
+        metrics.waited(&service, queued.elapsed());
+        let result = self.send_now(method, url, body).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CallError::Rejected { .. }) => "rejected",
+            Err(CallError::Transient(_)) => "transient",
+        };
+        metrics.called(&service, outcome);
+        result
+    }
+
+    /// Sends one call now.
+    async fn send_now(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&Value>,
+    ) -> Result<Vec<u8>, CallError> {
+        let what = format!("{method} {url}");
         let mut request = self.client.request(method, url);
         if let Some(body) = body {
             request = request.json(body);

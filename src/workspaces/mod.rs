@@ -6,6 +6,7 @@
 mod archive;
 mod client;
 mod http;
+mod metrics;
 mod request;
 mod settings;
 
@@ -13,5 +14,6 @@ pub use crate::secret::Secret;
 pub use archive::ArchiveClient;
 pub use client::{Service, WorkspacesClient};
 pub use http::CallError;
+pub use metrics::{call_metrics, CallMetrics};
 pub use request::{RequestState, WorkspacesRequest};
 pub use settings::{Endpoint, EndpointKeys};

@@ -33,6 +33,7 @@ pub fn settings(dir: &Path, db_url: &str, stub: &Stub) -> Settings {
     s.workspaces.url = stub.workspaces_url();
     s.archive.url = stub.archive_url();
     s.log.format = LogFormat::Json;
+    s.api.listen = "127.0.0.1:0".into();
     std::fs::create_dir_all(dir.join("sdm")).unwrap();
     s
 }

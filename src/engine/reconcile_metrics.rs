@@ -1,0 +1,179 @@
+//! Reconcile metrics under controller-runtime's names, kept by the sync rounds so the operator
+//! surface exports what existing Kubernetes-controller dashboards read. One "controller" is
+//! one model kind.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::store::Settled;
+
+/// The `controller` label: the model kind a reconcile ran for.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabel {
+    pub controller: String,
+}
+
+/// The `controller` and `result` labels of `controller_runtime_reconcile_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub controller: String,
+    pub result: String,
+}
+
+/// The `name` label of the `workqueue_*` metrics (the model kind).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub name: String,
+}
+
+type TimeFamily = Family<ControllerLabel, Histogram, fn() -> Histogram>;
+
+fn reconcile_histogram() -> Histogram {
+    // 5 ms … ~82 s, doubling.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Counters, gauges and a histogram of the sync steps this process ran.
+#[derive(Debug)]
+pub struct ReconcileMetrics {
+    total: Family<ResultLabels, Counter>,
+    errors: Family<ControllerLabel, Counter>,
+    time: TimeFamily,
+    retries: Family<QueueLabel, Counter>,
+    active: Family<ControllerLabel, Gauge>,
+    /// Steps running now: id → (kind, since).
+    running: Mutex<HashMap<u64, (String, Instant)>>,
+    next: AtomicU64,
+}
+
+impl Default for ReconcileMetrics {
+    fn default() -> Self {
+        Self {
+            total: Family::default(),
+            errors: Family::default(),
+            time: Family::new_with_constructor(reconcile_histogram as fn() -> Histogram),
+            retries: Family::default(),
+            active: Family::default(),
+            running: Mutex::default(),
+            next: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A step in progress; dropping it (the step ended, or was cancelled) takes it off the gauge.
+#[derive(Debug)]
+pub struct Running {
+    metrics: Arc<ReconcileMetrics>,
+    id: u64,
+    kind: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.metrics.active.get_or_create(&label(&self.kind)).dec();
+        self.metrics.lock().remove(&self.id);
+    }
+}
+
+fn label(kind: &str) -> ControllerLabel {
+    ControllerLabel {
+        controller: kind.to_string(),
+    }
+}
+
+impl ReconcileMetrics {
+    /// A step of `kind` starts; the gauge counts it until the returned guard drops.
+    pub fn start(self: &Arc<Self>, kind: &str) -> Running {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.active.get_or_create(&label(kind)).inc();
+        self.lock().insert(id, (kind.to_string(), Instant::now()));
+        Running {
+            metrics: self.clone(),
+            id,
+            kind: kind.to_string(),
+        }
+    }
+
+    /// A step of `kind` ended as `settled` after `duration_ms`.
+    pub fn finished(&self, kind: &str, settled: &Settled, duration_ms: i64) {
+        let result = match settled {
+            Settled::Synced | Settled::Reaped => "success",
+            Settled::Deferred { .. } => "requeue_after",
+            Settled::Waiting { .. } => "requeue",
+            Settled::Failed { .. } | Settled::Permanent { .. } => "error",
+            Settled::Released => return,
+        };
+        let controller = kind.to_string();
+        self.total
+            .get_or_create(&ResultLabels {
+                controller: controller.clone(),
+                result: result.into(),
+            })
+            .inc();
+        if result == "error" {
+            self.errors.get_or_create(&label(kind)).inc();
+        }
+        if matches!(settled, Settled::Failed { .. }) {
+            self.retries
+                .get_or_create(&QueueLabel { name: controller })
+                .inc();
+        }
+        self.time
+            .get_or_create(&label(kind))
+            .observe(duration_ms.max(0) as f64 / 1000.0);
+    }
+
+    /// How long the longest step of each kind running now has been running.
+    pub fn longest_running(&self) -> HashMap<String, Duration> {
+        let mut longest: HashMap<String, Duration> = HashMap::new();
+        for (kind, since) in self.lock().values() {
+            let d = since.elapsed();
+            let e = longest.entry(kind.clone()).or_default();
+            *e = (*e).max(d);
+        }
+        longest
+    }
+
+    /// Adds the controller-runtime metrics this process keeps to `registry` (the names get
+    /// `_total` and the histogram's suffixes when encoded).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "controller_runtime_reconcile",
+            "Total number of reconciliations per controller",
+            self.total.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_errors",
+            "Total number of reconciliation errors per controller",
+            self.errors.clone(),
+        );
+        registry.register(
+            "controller_runtime_reconcile_time_seconds",
+            "Length of time per reconciliation per controller",
+            self.time.clone(),
+        );
+        registry.register(
+            "controller_runtime_active_workers",
+            "Number of currently used workers per controller",
+            self.active.clone(),
+        );
+        registry.register(
+            "workqueue_retries",
+            "Total number of retries handled by workqueue",
+            self.retries.clone(),
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, Instant)>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
