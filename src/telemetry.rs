@@ -7,10 +7,13 @@ use std::io::{IsTerminal as _, Write};
 use serde::{Deserialize, Serialize};
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`.
+/// Installs the global subscriber. `RUST_LOG`, when set, overrides `level`. lapin's own lines
+/// are off by default: a dropped broker connection made it print three ERROR lines of socket
+/// internals, while thalamus's consumer and relay already say what failed, with the broker's
+/// address, once per change of state (`RUST_LOG=lapin=debug` brings them back).
 pub fn init(level: &str, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(format!("{level},sqlx=warn")))
+        .or_else(|_| EnvFilter::try_new(format!("{level},sqlx=warn,lapin=off")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
