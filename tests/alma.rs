@@ -43,6 +43,7 @@ struct World {
     alma: sqlx::PgPool,
     _alma_db: TestDb,
     _db: TestDb,
+    settings: Settings,
 }
 
 impl World {
@@ -70,6 +71,7 @@ impl World {
         tweak(&mut s);
         let clock = ManualClock::at(T0);
         let registry: Registry = thalamus::app::registry(&s).unwrap();
+        let settings = s.clone();
         let deps = include_str!("../model-deps.json");
         let graph = DepGraph::parse("model-deps.json", deps, &registry.sync_kinds()).unwrap();
         let engine = Engine::new(
@@ -86,7 +88,14 @@ impl World {
             alma,
             _alma_db: alma_db,
             _db: db,
+            settings,
         }
+    }
+
+    /// How long the engine waits before polling the ALMA source again.
+    fn engine_pull_delay(&self) -> std::time::Duration {
+        let step = thalamus::steps::alma::AlmaSource::new(&self.settings.sources.alma).unwrap();
+        self.engine.pull_delay(&step)
     }
 
     async fn sql(&self, sql: &str) {
@@ -135,7 +144,12 @@ impl World {
 
     /// The error the last poll of the ALMA source recorded, if any.
     async fn poll_errors(&self) -> Vec<String> {
-        let history = self.engine.store().history("pull", "alma", 10).await.unwrap();
+        let history = self
+            .engine
+            .store()
+            .history("pull", "alma", 10)
+            .await
+            .unwrap();
         history.into_iter().filter_map(|e| e.error).collect()
     }
 }
@@ -156,7 +170,11 @@ async fn a_mark_for_an_asdm_never_reingested_is_put_once(backend: Backend) {
         w.puts(),
         [format!("{X9} {}", not_calibratable("no phase calibrator"))]
     );
-    assert!(w.creates().is_empty(), "nothing to ingest: {:?}", w.creates());
+    assert!(
+        w.creates().is_empty(),
+        "nothing to ingest: {:?}",
+        w.creates()
+    );
     let mark = w.row("CalibrationMark", &format!("ALMA/{X9}")).await;
     assert!(
         mark.is_some(),
@@ -195,7 +213,10 @@ async fn marking_a_calibrated_asdm_keeps_its_calibration(backend: Backend) {
         "no second ingestion, no second calibration"
     );
     let observation = w.row("Observation", &key).await.unwrap();
-    assert_eq!(observation.generation, 1, "calibratability is not the data's spec");
+    assert_eq!(
+        observation.generation, 1,
+        "calibratability is not the data's spec"
+    );
     let calibration = w.row("Calibration", &key).await.unwrap();
     assert!(
         calibration.deleted_at.is_none() && calibration.enacted == 1,
@@ -218,7 +239,12 @@ async fn marking_a_calibrated_asdm_keeps_its_calibration(backend: Backend) {
     w.settle().await;
     assert_eq!(w.row("Observation", &key).await.unwrap().generation, 1);
     assert_eq!(w.creates().len(), 2, "still one ingestion, one calibration");
-    assert!(w.row("Calibration", &key).await.unwrap().deleted_at.is_none());
+    assert!(w
+        .row("Calibration", &key)
+        .await
+        .unwrap()
+        .deleted_at
+        .is_none());
     assert_eq!(w.puts().len(), 3, "each reason told to the archive");
     assert_eq!(
         w.stub.mark(X1).unwrap()["calibratable"],
@@ -242,7 +268,11 @@ async fn unmarking_tells_the_archive_then_calibrates(backend: Backend) {
     .await;
     w.settle().await;
     let key = format!("ALMA/{X2}");
-    assert_eq!(w.creates(), [format!("Ingestion/{key}@1")], "no calibration");
+    assert_eq!(
+        w.creates(),
+        [format!("Ingestion/{key}@1")],
+        "no calibration"
+    );
     assert_eq!(
         w.status("Ingestion", &key).await["calibration_skipped"],
         json!("not calibratable: no bandpass calibrator")
@@ -262,7 +292,10 @@ async fn unmarking_tells_the_archive_then_calibrates(backend: Backend) {
         [format!("Calibration/{key}@1"), format!("Ingestion/{key}@1")],
         "calibrated once the archive knows"
     );
-    assert_eq!(w.status("Ingestion", &key).await["calibration_skipped"], Value::Null);
+    assert_eq!(
+        w.status("Ingestion", &key).await["calibration_skipped"],
+        Value::Null
+    );
     w.settle().await;
     assert_eq!(w.puts().len(), 2, "told once");
 }
@@ -305,12 +338,13 @@ async fn a_null_row_is_skipped_while_the_rest_proceed(backend: Backend) {
     ];
     expected.sort();
     assert_eq!(keys, expected, "every good row made its object");
-    let errors = w.poll_errors().await;
-    let said = errors.join("\n");
-    assert!(
-        said.contains("sources.alma.asdm_query row 2")
-            && said.contains("sources.alma.not_calibratable_query row 1"),
-        "each bad row named by query and position: {said}"
+    assert_eq!(
+        w.poll_errors().await,
+        [
+            "sources.alma.asdm_query row 2 (requested_at 2026-01-02 00:00:00+00): `uid` is NULL; \
+          skipped; sources.alma.not_calibratable_query row 2 (reason x): `uid` is NULL; skipped"
+        ],
+        "each bad row named by query and position (NULLs sort last), recorded once"
     );
 }
 
@@ -342,7 +376,247 @@ async fn a_broken_query_does_not_block_the_others(backend: Backend) {
     );
 }
 
+/// The source's health is in `thalamus status` (table and JSON): a working poll that skipped
+/// a row is "degraded", names the row, counts it; then a source that cannot be reached is
+/// "failing" and names the host, keeping its last success.
+async fn the_sources_health_appears_in_status(backend: Backend) {
+    let w = World::new(backend, |_| {}).await;
+    w.sql(&format!(
+        "INSERT INTO reingestion_requests VALUES ('{X1}', 'asdm', '2026-01-01T00:00:00Z'), \
+         (NULL, 'asdm', '2026-01-02T00:00:00Z')"
+    ))
+    .await;
+    w.engine.run_once().await.unwrap();
+    let status = |format: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thalamus"))
+            .args(["status", "-o", format])
+            .current_dir(std::env::temp_dir())
+            .env("THALAMUS__DATABASE__URL", &w._db.url)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: Value = serde_json::from_str(&status("json")).unwrap();
+    let alma = &json["sources"][0];
+    assert_eq!(
+        (
+            &alma["source"],
+            &alma["state"],
+            &alma["seen"],
+            &alma["skipped"]
+        ),
+        (&json!("alma"), &json!("degraded"), &json!(1), &json!(1)),
+        "{json}"
+    );
+    assert_eq!(
+        alma["last_error"],
+        json!("sources.alma.asdm_query row 2 (requested_at 2026-01-02 00:00:00+00): `uid` is NULL; skipped")
+    );
+    assert!(alma["last_success_at"].is_string(), "{alma}");
+    let table = status("table");
+    assert!(
+        table.contains("alma") && table.contains("degraded") && table.contains("row 2"),
+        "{table}"
+    );
+
+    sqlx::query("DROP TABLE reingestion_requests, asdm_calibration")
+        .execute(&w.alma)
+        .await
+        .unwrap();
+    w.clock.advance(2_000);
+    assert_eq!(w.engine.pull_once().await.failed, 1, "no query worked");
+    let json: Value = serde_json::from_str(&status("json")).unwrap();
+    let alma = &json["sources"][0];
+    assert_eq!(
+        (&alma["state"], &alma["failures"]),
+        (&json!("failing"), &json!(1))
+    );
+    assert!(alma["last_success_at"].is_string(), "kept: {alma}");
+    let error = alma["last_error"].as_str().unwrap();
+    assert_eq!(
+        error,
+        "sources.alma.asdm_query: relation \"reingestion_requests\" does not exist; \
+         sources.alma.calibration_query: relation \"reingestion_requests\" does not exist; \
+         sources.alma.not_calibratable_query: relation \"asdm_calibration\" does not exist"
+    );
+}
+
+/// Timestamps are read natively (no `::text` needed), and as `::text` prints them in a UTC
+/// session, so switching a query between the two changes no stored request.
+async fn timestamps_are_read_natively(backend: Backend) {
+    let w = World::new(backend, |s| {
+        s.sources.alma.asdm_query = Some(
+            "SELECT asdm_uid AS uid, requested_at FROM reingestion_requests WHERE what = 'asdm'"
+                .into(),
+        );
+        s.sources.alma.calibration_query = Some(
+            "SELECT asdm_uid AS uid, requested_at::date AS requested_at \
+             FROM reingestion_requests WHERE what = 'calibration'"
+                .into(),
+        );
+    })
+    .await;
+    w.sql("SET TIME ZONE 'UTC'").await;
+    w.sql(&format!(
+        "INSERT INTO reingestion_requests VALUES ('{X1}', 'asdm', '2026-03-01T00:00:00.25Z'), \
+         ('{X2}', 'calibration', '2026-03-01T12:34:56Z')"
+    ))
+    .await;
+    w.engine.run_once().await.unwrap();
+    let w = &w;
+    let requested = |key: String| async move {
+        let row = w.row("Observation", &key).await.expect(&key);
+        let spec: Value = serde_json::from_str(&row.spec).unwrap();
+        spec["requested_at"].clone()
+    };
+    let as_text: String = sqlx::query_scalar(
+        "SET TIME ZONE 'UTC'; SELECT requested_at::text FROM reingestion_requests WHERE what = 'asdm'",
+    )
+    .fetch_one(&w.alma)
+    .await
+    .unwrap_or_else(|_| "2026-03-01 00:00:00.25+00".into());
+    assert_eq!(as_text, "2026-03-01 00:00:00.25+00");
+    assert_eq!(requested(format!("ALMA/{X1}")).await, json!(as_text));
+    assert_eq!(
+        requested(format!("ALMA/calibration/{X2}")).await,
+        json!("2026-03-01"),
+        "a date"
+    );
+}
+
+/// An unreachable metadata database is said at once, naming the host (not "pool timed out"
+/// half a minute later), the source backs off, and shutdown does not wait for a connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_named_at_once_and_shutdown_does_not_wait() {
+    // A port nobody listens on: refused at once.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let w = World::new(Backend::Sqlite, |s| {
+        s.sources.alma.database_url = Some(format!(
+            "postgres://reader:s3cret@127.0.0.1:{port}/metadata"
+        ));
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert_eq!(w.engine.pull_once().await.failed, 1);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let errors = w.poll_errors().await;
+    let error = &errors[0];
+    assert!(
+        error.starts_with(&format!(
+            "cannot reach the ALMA metadata database at 127.0.0.1:{port}/metadata: "
+        )) && !error.contains("s3cret"),
+        "{error}"
+    );
+    let step = w.engine_pull_delay();
+    assert_eq!(
+        step,
+        std::time::Duration::from_secs(2),
+        "first failure: the interval"
+    );
+    w.engine.pull_once().await;
+    assert_eq!(
+        w.engine_pull_delay(),
+        std::time::Duration::from_secs(4),
+        "then backs off"
+    );
+
+    // A host that accepts and never answers: shutdown must not wait for the connect timeout.
+    let blackhole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = blackhole.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = blackhole.accept().await {
+            held.push(socket);
+            let _ = accepted_tx.send(());
+        }
+    });
+    let w = World::new(Backend::Sqlite, |s| {
+        s.sources.alma.database_url = Some(format!("postgres://reader@{addr}/metadata"));
+        s.sources.alma.connect_timeout_seconds = 600;
+        s.sync.shutdown_grace_seconds = 30;
+    })
+    .await;
+    let engine = w.engine.clone();
+    let run = tokio::spawn(async move { engine.run().await });
+    accepted.recv().await.expect("the poll connects");
+    let asked = std::time::Instant::now();
+    w.engine.shutdown_token().cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(5), run)
+        .await
+        .expect("run returns without waiting for the connect")
+        .unwrap()
+        .unwrap();
+    assert!(asked.elapsed() < std::time::Duration::from_secs(5));
+}
+
+/// `thalamus check` asks the metadata database about each query's columns: a wrong type is
+/// an error naming the query, timestamps pass, and an unreachable database is a warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_the_queries_columns() {
+    let w = World::new(Backend::Sqlite, |_| {}).await;
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "log:\n  level: warn\n").unwrap();
+    let check = |url: &str, asdm_query: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_thalamus"))
+            .arg("check")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("THALAMUS_CONFIG", config.path())
+            .env("THALAMUS__SOURCES__ALMA__ENABLED", "true")
+            .env("THALAMUS__SOURCES__ALMA__DATABASE_URL", url)
+            .env("THALAMUS__SOURCES__ALMA__ASDM_QUERY", asdm_query)
+            .env(
+                "THALAMUS__SOURCES__ALMA__NOT_CALIBRATABLE_QUERY",
+                NOT_CALIBRATABLE_QUERY,
+            )
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let url = w._alma_db.url.clone();
+    let (ok, text) = check(
+        &url,
+        "SELECT asdm_uid AS uid, requested_at FROM reingestion_requests",
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("alma: sources.alma.asdm_query OK"), "{text}");
+    let (ok, text) = check(
+        &url,
+        "SELECT asdm_uid AS uid, length(what) AS requested_at FROM reingestion_requests",
+    );
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("sources.alma.asdm_query: column `requested_at` is int4; it must be timestamptz, timestamp, date or text"),
+        "{text}"
+    );
+    let (ok, text) = check(
+        "postgres://reader@127.0.0.1:1/metadata",
+        "SELECT asdm_uid AS uid, requested_at FROM reingestion_requests",
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("warning: cannot reach the ALMA metadata database at 127.0.0.1:1/metadata"),
+        "{text}"
+    );
+}
+
 both_backends!(
+    the_sources_health_appears_in_status,
+    timestamps_are_read_natively,
     a_mark_for_an_asdm_never_reingested_is_put_once,
     marking_a_calibrated_asdm_keeps_its_calibration,
     unmarking_tells_the_archive_then_calibrates,

@@ -323,7 +323,7 @@ async fn alma_rows_become_observations_and_reingestion_reruns(backend: Backend) 
     let mark = w
         .engine
         .store()
-        .get("CalibrationMark", "uid://A002/X2/X2")
+        .get("CalibrationMark", "ALMA/uid://A002/X2/X2")
         .await
         .unwrap()
         .unwrap();
@@ -371,7 +371,7 @@ async fn alma_query_errors_are_failed_polls_not_crashes(backend: Backend) {
     let error = history[0].error.clone().unwrap();
     assert!(
         error.starts_with(
-            "sources.alma.asdm_query must return text columns `uid` and `requested_at`"
+            "sources.alma.asdm_query must return columns `uid` and `requested_at` (name them with AS); it returns asdm_uid"
         ),
         "{error}"
     );

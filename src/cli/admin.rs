@@ -88,9 +88,10 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
 }
 
 /// `thalamus check`.
-pub fn check(settings: &Settings) -> anyhow::Result<()> {
+pub async fn check(settings: &Settings) -> anyhow::Result<()> {
     let registry = crate::app::registry(settings)?;
     let graph = crate::app::graph(settings, &registry)?;
+    check_sources(&registry).await?;
     println!(
         "configuration OK (database {})",
         redact_url(&settings.database.url)
@@ -113,6 +114,17 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
     println!("pull steps: {}", list_or_none(registry.pull_names()));
     println!("policies: {}", list_or_none(registry.policy_names()));
     println!("event steps: {}", list_or_none(registry.event_names()));
+    Ok(())
+}
+
+/// Asks each source what it can check of itself (the ALMA queries' columns, say) and prints
+/// what it found; fails, naming the key, on a source configured wrong.
+async fn check_sources(registry: &crate::step::Registry) -> anyhow::Result<()> {
+    for step in &registry.pulls {
+        for note in step.check().await? {
+            println!("{}: {note}", step.name());
+        }
+    }
     Ok(())
 }
 

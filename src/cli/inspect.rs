@@ -54,8 +54,10 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
             })
             .collect();
         let total: i64 = per_kind.values().flat_map(|c| c.values()).sum();
-        return print_json(&json!({ "kinds": kinds, "total": total }));
+        let sources = store.source_health().await?;
+        return print_json(&json!({ "kinds": kinds, "total": total, "sources": sources }));
     }
+    print_sources(&store).await?;
     if per_kind.is_empty() {
         println!("no objects yet");
         return Ok(());
@@ -74,6 +76,43 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
         table.row(row);
     }
     print!("{}", table.render());
+    Ok(())
+}
+
+/// The sources' health block of `thalamus status`: each pull step's state, last working poll,
+/// items seen and skipped in it, and what last went wrong; then a blank line.
+async fn print_sources(store: &Store) -> anyhow::Result<()> {
+    let sources = store.source_health().await?;
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let mut table = Table::new(vec![
+        "SOURCE",
+        "STATE",
+        "LAST SUCCESS",
+        "SEEN",
+        "SKIPPED",
+        "FAILURES",
+        "LAST ERROR",
+    ]);
+    for h in &sources {
+        let error = match (&h.last_error, h.last_error_at) {
+            (Some(e), Some(at)) => format!("{} ({})", clip(e, 100), format_ms(at)),
+            (Some(e), None) => clip(e, 100),
+            _ => "-".into(),
+        };
+        table.row(vec![
+            h.source.clone(),
+            h.state.clone(),
+            time_or_dash(h.last_success_at),
+            h.seen.to_string(),
+            h.skipped.to_string(),
+            h.failures.to_string(),
+            error,
+        ]);
+    }
+    print!("{}", table.render());
+    println!();
     Ok(())
 }
 

@@ -145,7 +145,7 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
     match command {
         Command::Run { once, no_migrate } => admin::run(settings, once, !no_migrate).await,
         Command::Migrate => admin::migrate(&settings).await,
-        Command::Check => admin::check(&settings),
+        Command::Check => admin::check(&settings).await,
         Command::Graph { dot } => admin::graph(&settings, dot),
         Command::Status { output } => inspect::status(&settings, output).await,
         Command::Get {
