@@ -614,7 +614,87 @@ async fn check_validates_the_queries_columns() {
     );
 }
 
+/// A store written before this change: a CalibrationMark under the bare uid and an
+/// Observation whose spec carries `not_calibratable`. Migration 0010 moves the mark to
+/// `ALMA/<uid>` (its history too) and strips the field so the spec is, byte for byte, what the
+/// source now upserts: unchanged, so the ASDM is not ingested again.
+async fn stored_keys_and_specs_are_migrated(backend: Backend) {
+    use thalamus::store::Db;
+    let db = TestDb::new(backend).await;
+    let store = db.store().await;
+    let uid = "uid://A002/X1/X1";
+    let old_spec = format!(
+        r#"{{"instrument":"ALMA","location":"{uid}","name":"{uid}","not_calibratable":"solar \"Sun\" \\ é","product":"sdm","requested_at":"2026-01-01 00:00:00+00"}}"#
+    );
+    let statements = [
+        format!(
+            "INSERT INTO objects (kind, key, spec, status, generation, enacted, created_at, updated_at) \
+             VALUES ('CalibrationMark', '{uid}', '{{\"reason\":\"solar\",\"uid\":\"{uid}\"}}', \
+             '{{\"marked_generation\":1}}', 1, 1, 0, 0)"
+        ),
+        format!(
+            "INSERT INTO objects (kind, key, spec, generation, enacted, created_at, updated_at) \
+             VALUES ('Observation', 'ALMA/{uid}', '{}', 1, 1, 0, 0)",
+            old_spec.replace('\'', "''")
+        ),
+        format!(
+            "INSERT INTO executions (kind, key, step, generation, cause, holder, started_at, duration_ms, outcome) \
+             VALUES ('CalibrationMark', '{uid}', 'sync', 1, 'new', 'h', 0, 1, 'ok')"
+        ),
+        "DELETE FROM _sqlx_migrations WHERE version = 10".to_string(),
+    ];
+    for sql in &statements {
+        match store.db() {
+            Db::Sqlite(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+            Db::Postgres(pool) => sqlx::query(sql).execute(pool).await.map(|_| ()),
+        }
+        .unwrap();
+    }
+    store.migrate().await.unwrap();
+    assert!(store.get("CalibrationMark", uid).await.unwrap().is_none());
+    let mark = store
+        .get("CalibrationMark", &format!("ALMA/{uid}"))
+        .await
+        .unwrap()
+        .expect("moved to ALMA/<uid>");
+    assert_eq!(
+        (mark.generation, mark.enacted),
+        (1, 1),
+        "nothing to put again"
+    );
+    assert_eq!(
+        store
+            .history("CalibrationMark", &format!("ALMA/{uid}"), 5)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "its history moved with it"
+    );
+    let obs = store
+        .get("Observation", &format!("ALMA/{uid}"))
+        .await
+        .unwrap()
+        .unwrap();
+    let now = thalamus::steps::models::Observation {
+        instrument: thalamus::steps::models::Instrument::ALMA,
+        product: thalamus::steps::models::Product::Sdm,
+        name: uid.into(),
+        location: uid.into(),
+        files: vec![],
+        requested_at: Some("2026-01-01 00:00:00+00".into()),
+        missing_files: vec![],
+    };
+    assert_eq!(
+        obs.spec,
+        thalamus::store::canonical(&serde_json::to_value(&now).unwrap()),
+        "what the source upserts now"
+    );
+    assert_eq!(obs.generation, 1);
+}
+
 both_backends!(
+    stored_keys_and_specs_are_migrated,
     the_sources_health_appears_in_status,
     timestamps_are_read_natively,
     a_mark_for_an_asdm_never_reingested_is_put_once,

@@ -301,7 +301,10 @@ async fn alma_rows_become_observations_and_reingestion_reruns(backend: Backend) 
     })
     .await;
     let r = w.once().await;
-    assert_eq!(r.pull.created, 3);
+    assert_eq!(
+        r.pull.created, 4,
+        "three Observations and a CalibrationMark"
+    );
     assert_eq!(
         w.keys("Observation").await,
         [
