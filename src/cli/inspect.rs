@@ -57,10 +57,9 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
         let sources = store.source_health().await?;
         return print_json(&json!({ "kinds": kinds, "total": total, "sources": sources }));
     }
-    print_sources(&store).await?;
     if per_kind.is_empty() {
         println!("no objects yet");
-        return Ok(());
+        return print_sources(&store).await;
     }
     let mut table = Table::new(vec![
         "KIND", "OK", "PENDING", "BACKOFF", "ERROR", "WAITING", "DELETING", "TOTAL",
@@ -76,11 +75,11 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
         table.row(row);
     }
     print!("{}", table.render());
-    Ok(())
+    print_sources(&store).await
 }
 
-/// The sources' health block of `thalamus status`: each pull step's state, last working poll,
-/// items seen and skipped in it, and what last went wrong; then a blank line.
+/// The sources' health block of `thalamus status`, after a blank line: each pull step's
+/// state, last working poll, items seen and skipped in it, and what last went wrong.
 async fn print_sources(store: &Store) -> anyhow::Result<()> {
     let sources = store.source_health().await?;
     if sources.is_empty() {
@@ -111,8 +110,8 @@ async fn print_sources(store: &Store) -> anyhow::Result<()> {
             error,
         ]);
     }
-    print!("{}", table.render());
     println!();
+    print!("{}", table.render());
     Ok(())
 }
 
