@@ -164,13 +164,12 @@ async fn decide(obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether Workspaces was ever asked for this calibration (or it completed once).
+/// Whether Workspaces is known to have a request for this calibration (or it completed
+/// once). An `external_id` alone is only what the step will look for: if a crash left a
+/// request behind, the delete step finds it by that id and waits for it or cancels it.
 fn ran(c: &Obj<Calibration>) -> bool {
     let r = &c.status.request;
-    c.enacted > 0
-        || r.request_id.is_some()
-        || r.external_id.is_some()
-        || r.completed_generation.is_some()
+    c.enacted > 0 || r.request_id.is_some() || r.completed_generation.is_some()
 }
 
 /// Registers the policies.

@@ -300,6 +300,59 @@ async fn unmarking_tells_the_archive_then_calibrates(backend: Backend) {
     assert_eq!(w.puts().len(), 2, "told once");
 }
 
+/// A Calibration not yet asked of Workspaces (its create failed and waits for the backoff)
+/// is not wanted once the ASDM is marked: it is withdrawn, and never requested. Unmarked, the
+/// ASDM is calibrated after all.
+async fn marking_withdraws_a_calibration_never_requested(backend: Backend) {
+    use common::workspaces_stub::{Fault, Route};
+    let w = World::new(backend, |_| {}).await;
+    w.sql(&format!(
+        "INSERT INTO reingestion_requests VALUES ('{X1}', 'asdm', '2026-01-01T00:00:00Z')"
+    ))
+    .await;
+    let key = format!("ALMA/{X1}");
+    w.engine.run_once().await.unwrap(); // the ingestion is requested (and completes at once)
+    w.stub.fault(Route::Create, Fault::Fail(503, "busy"));
+    w.clock.advance(61_000);
+    w.engine.run_once().await.unwrap(); // complete: its Calibration's create fails
+    let calibration = w.row("Calibration", &key).await.expect("derived");
+    assert_eq!(
+        (calibration.enacted, calibration.backend_code),
+        (0, 2),
+        "in backoff"
+    );
+
+    w.sql(&format!(
+        "INSERT INTO asdm_calibration VALUES ('{X1}', false, 'solar observation')"
+    ))
+    .await;
+    w.settle().await;
+    let left = w.row("Calibration", &key).await;
+    assert!(left.is_none(), "withdrawn and gone: {left:?}");
+    let made: Vec<String> = w
+        .stub
+        .requests()
+        .into_iter()
+        .map(|r| r.external_id)
+        .collect();
+    assert_eq!(made, [format!("Ingestion/{key}@1")], "never requested");
+    assert_eq!(w.row("Observation", &key).await.unwrap().generation, 1);
+
+    w.sql("DELETE FROM asdm_calibration").await;
+    w.settle().await;
+    let made: Vec<String> = w
+        .stub
+        .requests()
+        .into_iter()
+        .map(|r| r.external_id)
+        .collect();
+    assert_eq!(
+        made,
+        [format!("Ingestion/{key}@1"), format!("Calibration/{key}@1")],
+        "unmarked: calibrated after all"
+    );
+}
+
 /// Defect 4: a NULL uid is skipped and reported with its query and row; the row after it
 /// and the other queries go on.
 async fn a_null_row_is_skipped_while_the_rest_proceed(backend: Backend) {
@@ -694,6 +747,7 @@ async fn stored_keys_and_specs_are_migrated(backend: Backend) {
 }
 
 both_backends!(
+    marking_withdraws_a_calibration_never_requested,
     stored_keys_and_specs_are_migrated,
     the_sources_health_appears_in_status,
     timestamps_are_read_natively,
