@@ -19,6 +19,7 @@ pub struct SourceHealth {
     /// What last went wrong (a failed poll, skipped rows, a broken query); kept after the
     /// source recovers, with `last_error_at`.
     pub last_error: Option<String>,
+    /// When `last_error` first happened (a repeat of the same error keeps the time).
     #[serde(serialize_with = "crate::clock::rfc3339::opt_ms")]
     pub last_error_at: Option<i64>,
     /// Failed polls in a row.
@@ -27,6 +28,7 @@ pub struct SourceHealth {
     pub seen: i64,
     /// Items it skipped (each named in `last_error`).
     pub skipped: i64,
+    /// When this was stored.
     #[serde(serialize_with = "crate::clock::rfc3339::ms")]
     pub updated_at: i64,
 }
