@@ -160,21 +160,14 @@ fn columns(query: Query, columns: &[PgColumn]) -> Result<(usize, usize), String>
             names.join(", ")
         }
     };
-    let mut missing = Vec::new();
-    for name in ["uid", query.second()] {
-        if find(name).is_none() {
-            missing.push(format!("`{name}`"));
-        }
-    }
-    if !missing.is_empty() {
+    let (Some(uid), Some(second)) = (find("uid"), find(query.second())) else {
         return Err(format!(
             "{} must return columns `uid` and `{}` (name them with AS); it returns {}",
             query.key(),
             query.second(),
             names()
         ));
-    }
-    let (uid, second) = (find("uid").unwrap_or(0), find(query.second()).unwrap_or(0));
+    };
     let uid_type = columns[uid].type_info().name();
     if !is_text(uid_type) {
         return Err(format!(
@@ -204,8 +197,9 @@ fn columns(query: Query, columns: &[PgColumn]) -> Result<(usize, usize), String>
 const PG_EPOCH_US: i64 = 946_684_800_000_000;
 
 /// A value as text: text as it is, a time as PostgreSQL prints it in UTC
-/// (`2026-03-01 00:00:00+00`, the same as `requested_at::text` in a UTC session, so a query
-/// may switch between the two without re-running any ingestion). `None` for NULL.
+/// (`2026-03-01 00:00:00+00`, the same as `requested_at::text` in thalamus's sessions, which
+/// sqlx sets to UTC, so a query may switch between the two without re-running any
+/// ingestion). `None` for NULL.
 fn text_of(row: &PgRow, index: usize) -> Result<Option<String>, String> {
     let raw = row.try_get_raw(index).map_err(|e| sql_text(&e))?;
     if raw.is_null() {
@@ -251,7 +245,8 @@ fn text_of(row: &PgRow, index: usize) -> Result<Option<String>, String> {
         .ok_or_else(|| format!("a {} value thalamus cannot read", type_name.to_lowercase()))
 }
 
-/// A database error said once: the server's message (and its detail), or the error itself.
+/// A database error said once: the server's message, or the error itself (sqlx's own text
+/// repeats the server's message as its cause).
 fn sql_text(e: &sqlx::Error) -> String {
     match e {
         sqlx::Error::Database(db) => db.message().to_string(),
@@ -327,8 +322,10 @@ impl AlmaSource {
         query: Query,
         sql: &str,
     ) -> Result<Listing, String> {
-        let rows = conn
-            .fetch_all(sql)
+        // Prepared (not a simple query), so values come in binary: a time is read as the
+        // instant it is, whatever the session's time zone.
+        let rows = sqlx::query(sql)
+            .fetch_all(&mut *conn)
             .await
             .map_err(|e| format!("{}: {}", query.key(), sql_text(&e)))?;
         let mut listing = Listing {
