@@ -256,10 +256,35 @@ fn sql_text(e: &sqlx::Error) -> String {
 }
 
 /// What one query returned: `(uid, second column)` per usable row, and a sentence per row
-/// skipped.
+/// skipped (the first [`NAMED_ROWS`] of them; `skipped_count` counts them all).
 struct Listing {
     rows: Vec<(String, Option<String>)>,
     skipped: Vec<String>,
+    skipped_count: usize,
+}
+
+/// How many skipped rows of one query are named, so a table full of bad rows makes one
+/// readable sentence, not thousands.
+const NAMED_ROWS: usize = 10;
+
+impl Listing {
+    /// Counts a skipped row, naming it if fewer than [`NAMED_ROWS`] are named yet.
+    fn skip(&mut self, why: impl FnOnce() -> String) {
+        self.skipped_count += 1;
+        if self.skipped.len() < NAMED_ROWS {
+            self.skipped.push(why());
+        }
+    }
+
+    /// The sentences naming the skipped rows, with how many more were skipped unnamed.
+    fn problems(mut self, query: Query) -> Vec<String> {
+        let unnamed = self.skipped_count - self.skipped.len();
+        if unnamed > 0 {
+            self.skipped
+                .push(format!("{}: {unnamed} more rows skipped", query.key()));
+        }
+        self.skipped
+    }
 }
 
 /// Polls the ALMA metadata database.
@@ -331,36 +356,36 @@ impl AlmaSource {
         let mut listing = Listing {
             rows: Vec::with_capacity(rows.len()),
             skipped: Vec::new(),
+            skipped_count: 0,
         };
         let Some(first) = rows.first() else {
             return Ok(listing);
         };
         let (uid_at, second_at) = columns(query, first.columns())?;
         for (i, row) in rows.iter().enumerate() {
-            let position = format!("{} row {}", query.key(), i + 1);
+            let position = || format!("{} row {}", query.key(), i + 1);
             let second = match text_of(row, second_at) {
                 Ok(v) => v,
                 Err(e) => {
                     listing
-                        .skipped
-                        .push(format!("{position}: `{}` is {e}; skipped", query.second()));
+                        .skip(|| format!("{}: `{}` is {e}; skipped", position(), query.second()));
                     continue;
                 }
             };
             let shown = second.as_deref().unwrap_or("NULL");
             match text_of(row, uid_at) {
                 Ok(Some(uid)) if !uid.trim().is_empty() => listing.rows.push((uid, second)),
-                Ok(Some(_)) => listing.skipped.push(format!(
-                    "{position} ({} {shown}): `uid` is empty; skipped",
-                    query.second()
-                )),
-                Ok(None) => listing.skipped.push(format!(
-                    "{position} ({} {shown}): `uid` is NULL; skipped",
-                    query.second()
-                )),
-                Err(e) => listing
-                    .skipped
-                    .push(format!("{position}: `uid` is {e}; skipped")),
+                Ok(uid) => {
+                    let what = if uid.is_some() { "empty" } else { "NULL" };
+                    listing.skip(|| {
+                        format!(
+                            "{} ({} {shown}): `uid` is {what}; skipped",
+                            position(),
+                            query.second()
+                        )
+                    })
+                }
+                Err(e) => listing.skip(|| format!("{}: `uid` is {e}; skipped", position())),
             }
         }
         Ok(listing)
@@ -506,19 +531,20 @@ impl PullStep for AlmaSource {
             bail!("{}", failed.join("; "));
         }
         report.problems.extend(failed);
-        for (query, listing) in listings {
-            report.skipped += listing.skipped.len();
-            report.problems.extend(listing.skipped);
+        for (query, mut listing) in listings {
+            let rows = std::mem::take(&mut listing.rows);
+            report.skipped += listing.skipped_count;
+            report.problems.extend(listing.problems(query));
             match query {
                 Query::Asdm => {
-                    self.observe(models, Product::Sdm, listing.rows, &mut report)
+                    self.observe(models, Product::Sdm, rows, &mut report)
                         .await?
                 }
                 Query::Calibration => {
-                    self.observe(models, Product::Calibration, listing.rows, &mut report)
+                    self.observe(models, Product::Calibration, rows, &mut report)
                         .await?
                 }
-                Query::NotCalibratable => self.mark(models, listing.rows, &mut report).await?,
+                Query::NotCalibratable => self.mark(models, rows, &mut report).await?,
             }
         }
         Ok(report)

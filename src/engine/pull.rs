@@ -127,7 +127,16 @@ impl Engine {
     /// them then, for the audit trail.
     async fn keep_health(&self, step: &str, result: &anyhow::Result<PullReport>) -> Option<String> {
         let now = self.clock.now_ms();
-        let prev = self.pull_health.recorded(step);
+        let prev = match self.pull_health.recorded(step) {
+            Some(h) => Some(h),
+            // A restarted process carries on from what its predecessor stored.
+            None => self
+                .store
+                .source_health()
+                .await
+                .ok()
+                .and_then(|all| all.into_iter().find(|h| h.source == step)),
+        };
         let prev_problems = prev
             .as_ref()
             .filter(|h| h.state == "degraded")
