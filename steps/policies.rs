@@ -126,9 +126,9 @@ async fn decide(obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
             _ => None,
         };
         if c.status.not_calibratable != note {
-            let mut status = c.status.clone();
-            status.not_calibratable = note;
-            models.set_status::<Calibration>(&c.key, &status).await?;
+            let mut noted = c.clone();
+            noted.status.not_calibratable = note;
+            write_status(&noted, models).await?;
         }
     }
     if !obj.status.completed(obj.generation) {
@@ -140,9 +140,9 @@ async fn decide(obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
         Calibratability::Calibratable => None,
     };
     if obj.status.calibration_skipped != skipped {
-        let mut status = obj.status.clone();
-        status.calibration_skipped = skipped;
-        models.set_status::<Ingestion>(&obj.key, &status).await?;
+        let mut noted = obj.clone();
+        noted.status.calibration_skipped = skipped;
+        write_status(&noted, models).await?;
     }
     match mark {
         Calibratability::Marked(_) => {
@@ -160,6 +160,20 @@ async fn decide(obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
             };
             models.upsert(&obj.key, &calibration).await?;
         }
+    }
+    Ok(())
+}
+
+/// Writes a status read a moment ago, only if nobody changed the object since (an event
+/// step writes request states into the same status): otherwise it fails, and the policy runs
+/// again on the object as it is now, so no event's status is lost.
+async fn write_status<M: Model>(obj: &Obj<M>, models: &Models) -> anyhow::Result<()> {
+    if models.set_statuses(&[obj], false).await? == 0 {
+        bail!(
+            "{} {} changed while its calibration was decided; deciding again",
+            M::KIND,
+            obj.key
+        );
     }
     Ok(())
 }
