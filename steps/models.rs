@@ -71,9 +71,6 @@ pub struct Observation {
     /// without them, and once more when they land.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing_files: Vec<String>,
-    /// Why the dataset cannot be calibrated, when the source says so (ALMA).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub not_calibratable: Option<String>,
 }
 
 impl Observation {
@@ -154,6 +151,10 @@ pub struct Calibration {
 pub struct CalibrationStatus {
     #[serde(flatten)]
     pub request: RequestStatus,
+    /// Why the data is now marked not calibratable, when it was marked after this
+    /// calibration was asked for: the calibration is kept (its products exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_calibratable: Option<String>,
 }
 
 impl Model for Calibration {

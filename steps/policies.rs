@@ -1,6 +1,8 @@
 //! The model policies: an observation needs an ingestion that follows its generation; a
-//! completed VLA or ALMA ingestion needs a calibration, unless the data is known not to be
-//! calibratable. Deleting an observation deletes its dependents (the store cascades).
+//! completed VLA or ALMA ingestion needs a calibration, unless the ASDM is marked not
+//! calibratable (a `CalibrationMark`, its own desired state: marking or unmarking decides
+//! only whether a calibration is wanted). Deleting an observation deletes its dependents
+//! (the store cascades).
 
 use super::archive::CalibrationMark;
 use super::models::{Calibration, Ingestion, Instrument, Observation, Product};
@@ -30,9 +32,8 @@ impl ModelPolicy for DeriveIngestion {
     }
 }
 
-/// Ingestion of VLA/ALMA science data completed → a Calibration exists; if the observation is
-/// not calibratable, no Calibration (an existing one is deleted) and the reason is recorded
-/// in the ingestion's status.
+/// Ingestion of VLA/ALMA science data completed → a Calibration exists, following the
+/// ingestion's generation, unless the ASDM is marked not calibratable (see [`decide`]).
 pub struct DeriveCalibration;
 
 #[async_trait]
@@ -44,73 +45,152 @@ impl ModelPolicy for DeriveCalibration {
     }
 
     async fn handle_update(&self, obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
-        let spec = &obj.spec;
-        if !spec.instrument.is_calibrated()
-            || spec.product != Product::Sdm
-            || !obj.status.completed(obj.generation)
-        {
-            return Ok(());
-        }
-        let observation = models.get::<Observation>(&spec.observation).await?;
-        if let Some(reason) = observation.and_then(|o| o.spec.not_calibratable) {
-            if models
-                .get::<Calibration>(&obj.key)
-                .await?
-                .is_some_and(|c| !c.deleted)
-            {
-                models.delete::<Calibration>(&obj.key).await?;
-            }
-            let skipped = format!("not calibratable: {reason}");
-            if obj.status.calibration_skipped.as_deref() != Some(skipped.as_str()) {
-                let mut status = obj.status.clone();
-                status.calibration_skipped = Some(skipped);
-                models.set_status::<Ingestion>(&obj.key, &status).await?;
-            }
-            return Ok(());
-        }
-        let calibration = Calibration {
-            ingestion: obj.key.clone(),
-            instrument: spec.instrument,
-            name: spec.name.clone(),
-            ingestion_generation: obj.generation,
-        };
-        models.upsert(&obj.key, &calibration).await?;
-        Ok(())
+        decide(obj, models).await
     }
 }
 
-/// An ALMA ASDM the source says is not calibratable → a CalibrationMark, so the archive
-/// records it too (`PUT …/calibration-status`).
-pub struct DeriveCalibrationMark;
+/// A CalibrationMark made, changed or accepted by the archive → the calibration of the same
+/// ASDM (same key) is decided again: a mark never touches the Observation or its ingestion.
+pub struct FollowCalibrationMark;
 
 #[async_trait]
-impl ModelPolicy for DeriveCalibrationMark {
-    type Model = Observation;
+impl ModelPolicy for FollowCalibrationMark {
+    type Model = CalibrationMark;
 
     fn name(&self) -> &str {
-        "mark-uncalibratable"
+        "follow-calibration-mark"
     }
 
-    async fn handle_update(&self, obj: &Obj<Observation>, models: &Models) -> anyhow::Result<()> {
-        let spec = &obj.spec;
-        if let (Instrument::ALMA, Product::Sdm, Some(reason)) =
-            (spec.instrument, spec.product, &spec.not_calibratable)
-        {
-            let mark = CalibrationMark {
-                uid: spec.name.clone(),
-                reason: reason.clone(),
-            };
-            models.upsert(&spec.name, &mark).await?;
+    async fn handle_update(
+        &self,
+        obj: &Obj<CalibrationMark>,
+        models: &Models,
+    ) -> anyhow::Result<()> {
+        match models.get::<Ingestion>(&obj.key).await? {
+            Some(ingestion) if !ingestion.deleted => decide(&ingestion, models).await,
+            _ => Ok(()),
         }
-        Ok(())
     }
+
+    async fn handle_delete(
+        &self,
+        obj: &Obj<CalibrationMark>,
+        models: &Models,
+    ) -> anyhow::Result<()> {
+        self.handle_update(obj, models).await
+    }
+}
+
+/// What the archive says (or is about to say) of an ASDM's calibratability.
+enum Calibratability {
+    /// No mark, or the archive has been told it is calibratable again.
+    Calibratable,
+    /// Marked not calibratable, for this reason.
+    Marked(String),
+    /// No longer marked, but the archive has not been told yet: calibrating waits for it.
+    Unmarking,
+}
+
+async fn calibratability(key: &str, models: &Models) -> anyhow::Result<Calibratability> {
+    Ok(match models.get::<CalibrationMark>(key).await? {
+        Some(m) if m.deleted => Calibratability::Calibratable,
+        Some(m) if !m.spec.calibratable => Calibratability::Marked(m.spec.reason_text().into()),
+        Some(m) if m.enacted < m.generation => Calibratability::Unmarking,
+        _ => Calibratability::Calibratable,
+    })
+}
+
+/// Decides the calibration of a VLA or ALMA ingestion. Calibratable (unmarked, or unmarked
+/// and the archive told so): once the ingestion is complete its Calibration exists and
+/// follows its generation. Marked not calibratable: no Calibration is made and the
+/// ingestion's status says why; a Calibration already asked of Workspaces is kept (its
+/// product exists or is being made) and its status says the ASDM is now marked; one never
+/// asked for is withdrawn. A mark changes nothing else.
+async fn decide(obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
+    let spec = &obj.spec;
+    if !spec.instrument.is_calibrated() || spec.product != Product::Sdm {
+        return Ok(());
+    }
+    let mark = if spec.instrument == Instrument::ALMA {
+        calibratability(&obj.key, models).await?
+    } else {
+        Calibratability::Calibratable
+    };
+    let calibration = models
+        .get::<Calibration>(&obj.key)
+        .await?
+        .filter(|c| !c.deleted);
+    if let Some(c) = &calibration {
+        let note = match &mark {
+            Calibratability::Marked(reason) => Some(reason.clone()),
+            _ => None,
+        };
+        if c.status.not_calibratable != note {
+            let mut noted = c.clone();
+            noted.status.not_calibratable = note;
+            write_status(&noted, models).await?;
+        }
+    }
+    if !obj.status.completed(obj.generation) {
+        return Ok(());
+    }
+    let skipped = match &mark {
+        Calibratability::Marked(reason) => Some(format!("not calibratable: {reason}")),
+        Calibratability::Unmarking => obj.status.calibration_skipped.clone(),
+        Calibratability::Calibratable => None,
+    };
+    if obj.status.calibration_skipped != skipped {
+        let mut noted = obj.clone();
+        noted.status.calibration_skipped = skipped;
+        write_status(&noted, models).await?;
+    }
+    match mark {
+        Calibratability::Marked(_) => {
+            if let Some(c) = calibration.filter(|c| !ran(c)) {
+                models.delete::<Calibration>(&c.key).await?;
+            }
+        }
+        Calibratability::Unmarking => {}
+        Calibratability::Calibratable => {
+            let calibration = Calibration {
+                ingestion: obj.key.clone(),
+                instrument: spec.instrument,
+                name: spec.name.clone(),
+                ingestion_generation: obj.generation,
+            };
+            models.upsert(&obj.key, &calibration).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a status read a moment ago, only if nobody changed the object since (an event
+/// step writes request states into the same status): otherwise it fails, and the policy runs
+/// again on the object as it is now, so no event's status is lost.
+async fn write_status<M: Model>(obj: &Obj<M>, models: &Models) -> anyhow::Result<()> {
+    if models.set_statuses(&[obj], false).await? == 0 {
+        bail!(
+            "{} {} changed while its calibration was decided; deciding again",
+            M::KIND,
+            obj.key
+        );
+    }
+    Ok(())
+}
+
+/// Whether Workspaces is known to have a request for this calibration (or it completed
+/// once). An `external_id` alone is only what the step will look for: if a crash left a
+/// request behind, the delete step finds it by that id and waits for it or cancels it.
+fn ran(c: &Obj<Calibration>) -> bool {
+    let r = &c.status.request;
+    c.enacted > 0 || r.request_id.is_some() || r.completed_generation.is_some()
 }
 
 /// Registers the policies.
 pub fn register(registry: &mut Registry, _settings: &Settings) -> anyhow::Result<()> {
     registry
         .policy(DeriveIngestion)
-        .policy(DeriveCalibrationMark)
-        .policy(DeriveCalibration);
+        .policy(DeriveCalibration)
+        .policy(FollowCalibrationMark);
     Ok(())
 }

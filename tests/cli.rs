@@ -325,7 +325,12 @@ async fn postgres_through_the_environment() {
     );
     let out = run(&["run", "--once", "--no-migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&run(&["status"])), "no objects yet\n");
+    let status = stdout(&run(&["status"]));
+    assert!(
+        status.starts_with("no objects yet\n\nSOURCE  STATE  LAST SUCCESS")
+            && status.contains("\nvla     ok "),
+        "the sources' health follows: {status}"
+    );
     assert!(
         !dir.path().join("thalamus.db").exists(),
         "the env var chose PostgreSQL"

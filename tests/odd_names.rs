@@ -96,7 +96,6 @@ async fn a_lossy_key_stored_earlier_never_flips(backend: Backend) {
         files: vec![],
         requested_at: None,
         missing_files: vec![],
-        not_calibratable: None,
     };
     w.engine.models().upsert(&old.key(), &old).await.unwrap();
     poll_a_while(&w).await;

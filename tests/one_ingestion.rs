@@ -166,7 +166,6 @@ impl World {
                 .collect(),
             requested_at: None,
             missing_files: vec![],
-            not_calibratable: None,
         };
         let key = o.key();
         self.engine.models().upsert(&key, &o).await.unwrap();

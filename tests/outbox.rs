@@ -135,20 +135,23 @@ async fn a_broker_outage_loses_nothing_and_keeps_order(backend: Backend) {
     assert_eq!(pass.sent, 0);
     assert!(pass.failed.is_some(), "the cut broker failed the pass");
     assert_eq!(engine.store().outbox_depth().await.unwrap().unsent, 5);
-    // The operator sees them waiting.
-    let url = db.url.clone();
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_thalamus"))
-            .args(["status", "-o", "json"])
-            .env("THALAMUS__DATABASE__URL", url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    // The operator sees them waiting, and why.
+    let status = cli(&db.url, &["status", "-o", "json"]).await;
     assert_eq!(status["outbox_waiting"], 5, "{status}");
     assert!(status["oldest_outbox"].is_string(), "{status}");
+    let listed = cli(&db.url, &["outbox", "list", "--unsent", "-o", "json"]).await;
+    assert_eq!(listed["depth"]["unsent"], 5, "{listed}");
+    let first = &listed["messages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(first["attempts"], 1, "{listed}");
+    assert!(
+        first["last_error"].is_string(),
+        "the broker's refusal: {listed}"
+    );
     proxy.restore();
     assert_eq!(relay.pass().await.unwrap().sent, 5);
     let names: Vec<String> = listener
@@ -159,6 +162,45 @@ async fn a_broker_outage_loses_nothing_and_keeps_order(backend: Backend) {
         .collect();
     assert_eq!(names, ["obs0", "obs1", "obs2", "obs3", "obs4"]);
     assert_eq!(listener.heard().len(), 5);
+    // `outbox retry` sends one again, under its id.
+    let id = first["id"].as_i64().unwrap().to_string();
+    let out = run_cli(&db.url, &["outbox", "retry", &id]).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(relay.pass().await.unwrap().sent, 1);
+    let again = listener.until(6).await;
+    assert_eq!(again[5].message_id, again[0].message_id);
+}
+
+/// Runs the CLI on `url`.
+async fn run_cli(url: &str, args: &[&str]) -> std::process::Output {
+    let (url, args) = (
+        url.to_string(),
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+    );
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_thalamus"))
+            .args(args)
+            .env("THALAMUS__DATABASE__URL", url)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+/// Runs a read command of the CLI on `url` and returns its JSON.
+async fn cli(url: &str, args: &[&str]) -> serde_json::Value {
+    let out = run_cli(url, args).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// Publishes through AMQP, then (the first time) never returns: the relay dies after the

@@ -145,6 +145,7 @@ impl PullStep for Listing {
             seen: items.len(),
             created,
             updated,
+            ..Default::default()
         })
     }
 }

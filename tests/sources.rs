@@ -301,7 +301,10 @@ async fn alma_rows_become_observations_and_reingestion_reruns(backend: Backend) 
     })
     .await;
     let r = w.once().await;
-    assert_eq!(r.pull.created, 3);
+    assert_eq!(
+        r.pull.created, 4,
+        "three Observations and a CalibrationMark"
+    );
     assert_eq!(
         w.keys("Observation").await,
         [
@@ -323,7 +326,7 @@ async fn alma_rows_become_observations_and_reingestion_reruns(backend: Backend) 
     let mark = w
         .engine
         .store()
-        .get("CalibrationMark", "uid://A002/X2/X2")
+        .get("CalibrationMark", "ALMA/uid://A002/X2/X2")
         .await
         .unwrap()
         .unwrap();
@@ -371,7 +374,7 @@ async fn alma_query_errors_are_failed_polls_not_crashes(backend: Backend) {
     let error = history[0].error.clone().unwrap();
     assert!(
         error.starts_with(
-            "sources.alma.asdm_query must return text columns `uid` and `requested_at`"
+            "sources.alma.asdm_query must return columns `uid` and `requested_at` (name them with AS); it returns asdm_uid"
         ),
         "{error}"
     );

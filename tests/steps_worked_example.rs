@@ -122,7 +122,6 @@ fn observation(files: &[&str]) -> Observation {
             .collect(),
         requested_at: None,
         missing_files: vec![],
-        not_calibratable: None,
     }
 }
 

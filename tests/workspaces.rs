@@ -151,7 +151,6 @@ fn observation(instrument: Instrument, product: Product, name: &str) -> Observat
         }],
         requested_at: None,
         missing_files: vec![],
-        not_calibratable: None,
     }
 }
 
@@ -599,13 +598,11 @@ async fn asdm_is_marked_not_calibratable(backend: Backend) {
     let put = "/archive/alma/asdm/uid:%2F%2FA002%2FXc2c6b9%2FX1a5b/calibration-status";
     w.stub
         .fault(Route::Archive, Fault::Fail(502, "bad gateway"));
-    let mark = CalibrationMark {
-        uid: uid.into(),
-        reason: "no phase calibrator".into(),
-    };
-    w.engine.models().upsert(uid, &mark).await.unwrap();
+    let mark = CalibrationMark::not_calibratable(uid, "no phase calibrator");
+    let key = CalibrationMark::key(uid);
+    w.engine.models().upsert(&key, &mark).await.unwrap();
     w.once().await;
-    let row = w.row("CalibrationMark", uid).await;
+    let row = w.row("CalibrationMark", &key).await;
     assert_eq!(
         row.last_error.unwrap(),
         format!(
@@ -614,10 +611,10 @@ async fn asdm_is_marked_not_calibratable(backend: Backend) {
         )
     );
     w.later(10).await;
-    let row = w.row("CalibrationMark", uid).await;
+    let row = w.row("CalibrationMark", &key).await;
     assert_eq!((row.enacted, row.backend_code), (1, 1));
     assert_eq!(
-        w.status("CalibrationMark", uid).await,
+        w.status("CalibrationMark", &key).await,
         json!({"marked_generation": 1})
     );
     let calls = w.stub.received();
@@ -638,10 +635,10 @@ async fn asdm_is_marked_not_calibratable(backend: Backend) {
     w.later(3600).await;
     assert_eq!(w.stub.received().len(), 2);
     let mark = CalibrationMark {
-        reason: "no bandpass calibrator".into(),
+        reason: Some("no bandpass calibrator".into()),
         ..mark
     };
-    w.engine.models().upsert(uid, &mark).await.unwrap();
+    w.engine.models().upsert(&key, &mark).await.unwrap();
     w.once().await;
     assert_eq!(w.stub.received().len(), 3);
     assert_eq!(

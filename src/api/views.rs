@@ -171,6 +171,9 @@ pub struct Counts {
     /// Announcements waiting in the outbox, and when the oldest was written (RFC 3339).
     pub outbox_waiting: i64,
     pub oldest_outbox: Option<String>,
+    /// Each source's health (as `thalamus status` shows it).
+    #[schema(value_type = Vec<Object>)]
+    pub sources: Vec<crate::store::SourceHealth>,
 }
 
 /// Counts per kind × state, from the query `thalamus status` runs.
@@ -202,6 +205,7 @@ pub async fn counts(store: &Store) -> Result<Counts, ApiError> {
         oldest_dead_letter: letters.oldest.map(crate::clock::format_ms),
         outbox_waiting: outbox.unsent,
         oldest_outbox: outbox.oldest.map(crate::clock::format_ms),
+        sources: store.source_health().await?,
     })
 }
 

@@ -133,6 +133,7 @@ struct Warning {
 pub async fn check(settings: &Settings, strict: bool, format: Format) -> anyhow::Result<()> {
     let registry = crate::app::registry(settings)?;
     let graph = crate::app::graph(settings, &registry)?;
+    let source_notes = check_sources(&registry).await?;
     let warnings = run_time_warnings(settings).await;
     let sync_steps: Vec<String> = registry
         .sync_kinds()
@@ -148,6 +149,7 @@ pub async fn check(settings: &Settings, strict: bool, format: Format) -> anyhow:
             "pull_steps": registry.pull_names(),
             "policies": registry.policy_names(),
             "event_steps": registry.event_names(),
+            "source_checks": &source_notes,
             "warnings": &warnings,
         }))?;
     } else {
@@ -164,6 +166,9 @@ pub async fn check(settings: &Settings, strict: bool, format: Format) -> anyhow:
         outln!("pull steps: {}", list_or_none(registry.pull_names()));
         outln!("policies: {}", list_or_none(registry.policy_names()));
         outln!("event steps: {}", list_or_none(registry.event_names()));
+        for note in &source_notes {
+            outln!("{note}");
+        }
         for w in &warnings {
             outln!("warning: {}: {}", w.key, w.problem);
         }
@@ -240,6 +245,19 @@ fn sqlite_dir_exists(url: &str) -> bool {
         Some(dir) if !dir.as_os_str().is_empty() => dir.is_dir(),
         _ => true,
     }
+}
+
+/// Asks each source what it can check of itself (the ALMA queries' columns, say) and returns
+/// what it found, each line naming the source; fails, naming the key, on a source configured
+/// wrong.
+async fn check_sources(registry: &crate::step::Registry) -> anyhow::Result<Vec<String>> {
+    let mut notes = Vec::new();
+    for step in &registry.pulls {
+        for note in step.check().await? {
+            notes.push(format!("{}: {note}", step.name()));
+        }
+    }
+    Ok(notes)
 }
 
 fn order_text(order: &[String]) -> String {

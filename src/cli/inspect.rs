@@ -95,6 +95,7 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
             "oldest_dead_letter": letters.oldest.map(format_ms),
             "outbox_waiting": outbox.unsent,
             "oldest_outbox": outbox.oldest.map(format_ms),
+            "sources": store.source_health().await?,
         }));
     }
     if per_kind.is_empty() {
@@ -105,7 +106,7 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
         if let Some(line) = outbox_line(&outbox) {
             outln!("{line}");
         }
-        return Ok(());
+        return print_sources(&store).await;
     }
     let mut table = Table::new(vec![
         "KIND", "OK", "PENDING", "BACKOFF", "ERROR", "WAITING", "DELETING", "TOTAL",
@@ -127,6 +128,43 @@ pub async fn status(settings: &Settings, format: Format) -> anyhow::Result<()> {
     if let Some(line) = outbox_line(&outbox) {
         outln!("{line}");
     }
+    print_sources(&store).await
+}
+
+/// The sources' health block of `thalamus status`, after a blank line: each pull step's
+/// state, last working poll, items seen and skipped in it, and what last went wrong.
+async fn print_sources(store: &Store) -> anyhow::Result<()> {
+    let sources = store.source_health().await?;
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let mut table = Table::new(vec![
+        "SOURCE",
+        "STATE",
+        "LAST SUCCESS",
+        "SEEN",
+        "SKIPPED",
+        "FAILURES",
+        "LAST ERROR",
+    ]);
+    for h in &sources {
+        let error = match (&h.last_error, h.last_error_at) {
+            (Some(e), Some(at)) => format!("{} ({})", clip(e, 100), format_ms(at)),
+            (Some(e), None) => clip(e, 100),
+            _ => "-".into(),
+        };
+        table.row(vec![
+            h.source.clone(),
+            h.state.clone(),
+            time_or_dash(h.last_success_at),
+            h.seen.to_string(),
+            h.skipped.to_string(),
+            h.failures.to_string(),
+            error,
+        ]);
+    }
+    outln!();
+    out!("{}", table.render());
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::output::{clip, print_json, time_or_dash, Format, Table};
+use super::output::{clip, out, outln, print_json, time_or_dash, Format, Table};
 use crate::clock::{format_ms, Clock, SystemClock};
 use crate::config::Settings;
 use crate::store::{Open, OutboxRow, Store};
@@ -60,7 +60,7 @@ pub async fn run(settings: Settings, command: Outbox) -> anyhow::Result<()> {
                 .oldest
                 .map(|t| format!(", the oldest written {}", format_ms(t)))
                 .unwrap_or_default();
-            println!("{} message(s) waiting for their broker{age}", depth.unsent);
+            outln!("{} message(s) waiting for their broker{age}", depth.unsent);
             let mut table = Table::new(vec![
                 "ID",
                 "TYPE",
@@ -85,7 +85,7 @@ pub async fn run(settings: Settings, command: Outbox) -> anyhow::Result<()> {
                     clip(r.last_error.as_deref().unwrap_or("-"), 60),
                 ]);
             }
-            print!("{}", table.render());
+            out!("{}", table.render());
             Ok(())
         }
         Outbox::Show { id, output } => {
@@ -95,14 +95,13 @@ pub async fn run(settings: Settings, command: Outbox) -> anyhow::Result<()> {
             if output == Format::Json {
                 return print_json(&row);
             }
-            print_row(&row);
-            Ok(())
+            print_row(&row)
         }
         Outbox::Retry { id } => {
             if !store.resend(id).await? {
                 bail!("no outbox message {id}");
             }
-            println!(
+            outln!(
                 "outbox message {id} will be sent again by the relay of a running `thalamus run` \
                  (at {})",
                 format_ms(SystemClock.now_ms())
@@ -112,19 +111,22 @@ pub async fn run(settings: Settings, command: Outbox) -> anyhow::Result<()> {
     }
 }
 
-fn print_row(r: &OutboxRow) {
-    println!("id:          {}", r.id);
-    println!("type:        {}", r.message_type);
-    println!(
+fn print_row(r: &OutboxRow) -> anyhow::Result<()> {
+    outln!("id:          {}", r.id);
+    outln!("type:        {}", r.message_type);
+    outln!(
         "transport:   {} {} ({})",
-        r.transport, r.topic, r.routing_key
+        r.transport,
+        r.topic,
+        r.routing_key
     );
-    println!("model:       {}", r.model);
-    println!("written:     {}", format_ms(r.created_at));
-    println!("sent:        {}", time_or_dash(r.sent_at));
-    println!("attempts:    {}", r.attempts);
+    outln!("model:       {}", r.model);
+    outln!("written:     {}", format_ms(r.created_at));
+    outln!("sent:        {}", time_or_dash(r.sent_at));
+    outln!("attempts:    {}", r.attempts);
     if let Some(e) = &r.last_error {
-        println!("last error:  {e}");
+        outln!("last error:  {e}");
     }
-    println!("payload:     {}", r.payload);
+    outln!("payload:     {}", r.payload);
+    Ok(())
 }

@@ -12,7 +12,11 @@ use tracing::{debug, info, warn};
 use super::pull_health::Transition;
 use super::Engine;
 use crate::step::{PullReport, PullStep};
-use crate::store::{NewExecution, Outcome};
+use crate::store::{NewExecution, Outcome, SourceHealth};
+
+/// How stale a working source's stored `last_success_at` may grow before an idle poll
+/// (which otherwise writes nothing) refreshes it.
+const HEALTH_REFRESH_MS: i64 = 600_000;
 
 /// What one round of polls did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -21,6 +25,8 @@ pub struct PullSummary {
     pub seen: usize,
     pub created: usize,
     pub updated: usize,
+    /// Items the sources listed but could not use (each reported in their health).
+    pub skipped: usize,
     /// Pull steps whose poll failed.
     pub failed: usize,
 }
@@ -39,6 +45,7 @@ impl Engine {
                     summary.seen += r.seen;
                     summary.created += r.created;
                     summary.updated += r.updated;
+                    summary.skipped += r.skipped;
                 }
                 None => summary.failed += 1,
             }
@@ -57,6 +64,7 @@ impl Engine {
                 timeout.as_secs()
             )),
         };
+        let problems = self.keep_health(step.name(), &result).await;
         let (outcome, error) = match &result {
             Ok(r) => {
                 if let Transition::Recovered(failures) = self.pull_health.succeeded(step.name()) {
@@ -65,7 +73,7 @@ impl Engine {
                         "poll recovered after {failures} failed attempt(s)"
                     );
                 }
-                if r.created + r.updated == 0 {
+                if r.created + r.updated == 0 && problems.is_none() {
                     return Some(r.clone());
                 }
                 info!(
@@ -75,7 +83,7 @@ impl Engine {
                     updated = r.updated,
                     "pulled"
                 );
-                (Outcome::Ok, None)
+                (Outcome::Ok, problems)
             }
             Err(e) => {
                 let message = format!("{e:#}");
@@ -113,6 +121,110 @@ impl Engine {
         result.ok()
     }
 
+    /// Updates `step`'s stored health from a poll's result (see [`SourceHealth`]), writing
+    /// only when something besides the time changed, or to refresh a stale last success, so
+    /// an idle poll writes nothing. Logs a working poll's problems when they change; returns
+    /// them then, for the audit trail.
+    async fn keep_health(&self, step: &str, result: &anyhow::Result<PullReport>) -> Option<String> {
+        let now = self.clock.now_ms();
+        let prev = match self.pull_health.recorded(step) {
+            Some(h) => Some(h),
+            // A restarted process carries on from what its predecessor stored.
+            None => self
+                .store
+                .source_health()
+                .await
+                .ok()
+                .and_then(|all| all.into_iter().find(|h| h.source == step)),
+        };
+        let prev_problems = prev
+            .as_ref()
+            .filter(|h| h.state == "degraded")
+            .and_then(|h| h.last_error.clone());
+        let kept_error = prev
+            .as_ref()
+            .map(|h| (h.last_error.clone(), h.last_error_at))
+            .unwrap_or_default();
+        let mut said = None;
+        let next = match result {
+            Ok(r) => {
+                let problems = (!r.problems.is_empty()).then(|| r.problems.join("; "));
+                if problems != prev_problems {
+                    match &problems {
+                        Some(p) => {
+                            warn!(
+                                step,
+                                skipped = r.skipped,
+                                "poll worked with problems (logged again only when they change): {p}"
+                            );
+                            said = Some(p.clone());
+                        }
+                        None => info!(step, "poll problems cleared"),
+                    }
+                }
+                let (last_error, last_error_at) = match &problems {
+                    Some(p) if Some(p) == kept_error.0.as_ref() => (problems.clone(), kept_error.1),
+                    Some(_) => (problems.clone(), Some(now)),
+                    None => kept_error,
+                };
+                SourceHealth {
+                    source: step.to_string(),
+                    state: if problems.is_some() || r.skipped > 0 {
+                        "degraded"
+                    } else {
+                        "ok"
+                    }
+                    .to_string(),
+                    last_success_at: Some(now),
+                    last_error,
+                    last_error_at,
+                    failures: 0,
+                    seen: r.seen as i64,
+                    skipped: r.skipped as i64,
+                    updated_at: now,
+                }
+            }
+            Err(e) => {
+                let message = format!("{e:#}");
+                let at = if kept_error.0.as_deref() == Some(message.as_str()) {
+                    kept_error.1
+                } else {
+                    Some(now)
+                };
+                SourceHealth {
+                    source: step.to_string(),
+                    state: "failing".to_string(),
+                    last_success_at: prev.as_ref().and_then(|h| h.last_success_at),
+                    last_error: Some(message),
+                    last_error_at: at,
+                    failures: prev.as_ref().map_or(0, |h| h.failures).saturating_add(1),
+                    seen: prev.as_ref().map_or(0, |h| h.seen),
+                    skipped: prev.as_ref().map_or(0, |h| h.skipped),
+                    updated_at: now,
+                }
+            }
+        };
+        let same = prev.as_ref().is_some_and(|p| {
+            let timeless = |h: &SourceHealth| {
+                (
+                    h.state.clone(),
+                    h.last_error.clone(),
+                    h.failures,
+                    h.seen,
+                    h.skipped,
+                )
+            };
+            timeless(p) == timeless(&next) && now - p.updated_at < HEALTH_REFRESH_MS
+        });
+        if !same {
+            match self.store.save_source_health(&next).await {
+                Ok(()) => self.pull_health.record(next),
+                Err(e) => debug!(step, "could not store the source's health: {e}"),
+            }
+        }
+        said
+    }
+
     /// How long the pull loop waits before polling `step` again: its interval or, while it
     /// fails, its backoff. Public so tests and the operator surface can see the schedule.
     pub fn pull_delay(&self, step: &dyn PullStep) -> Duration {
@@ -122,13 +234,15 @@ impl Engine {
 
     /// Polls `step` until shutdown, on its interval or sooner when its hint fires; while it
     /// fails, only after its backoff (a hint does not cut that short).
+    /// A poll under way when shutdown comes is abandoned (a poll is stateless, and what it
+    /// has not committed is rolled back), so shutdown never waits for a slow source.
     pub(crate) async fn pull_loop(&self, step: Arc<dyn PullStep>) {
         loop {
-            if self
-                .poll(step.as_ref())
-                .await
-                .is_some_and(|r| r.created + r.updated > 0)
-            {
+            let polled = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.poll(step.as_ref()) => r,
+            };
+            if polled.is_some_and(|r| r.created + r.updated > 0) {
                 self.wake();
             }
             let delay = self.pull_delay(step.as_ref());

@@ -31,6 +31,8 @@ pub(crate) enum Transition {
 #[derive(Debug, Default)]
 pub(crate) struct PullHealth {
     steps: Mutex<HashMap<String, Health>>,
+    /// What was last stored of each step's health, so a poll writes only what changed.
+    recorded: Mutex<HashMap<String, crate::store::SourceHealth>>,
 }
 
 impl PullHealth {
@@ -53,6 +55,18 @@ impl PullHealth {
         }
         h.error = Some(error.to_string());
         Transition::Failing
+    }
+
+    /// What was last stored of `step`'s health by this process.
+    pub(crate) fn recorded(&self, step: &str) -> Option<crate::store::SourceHealth> {
+        let recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        recorded.get(step).cloned()
+    }
+
+    /// Remembers what was stored of a step's health.
+    pub(crate) fn record(&self, health: crate::store::SourceHealth) {
+        let mut recorded = self.recorded.lock().unwrap_or_else(|p| p.into_inner());
+        recorded.insert(health.source.clone(), health);
     }
 
     /// Whether `step`'s last poll failed.

@@ -69,6 +69,13 @@ impl Models {
         }
     }
 
+    /// Every object of kind `M` that is not deleted, ordered by key: what a pull step
+    /// compares its listing with, to learn what the source no longer lists.
+    pub async fn all<M: Model>(&self) -> anyhow::Result<Vec<Obj<M>>> {
+        let rows = self.store.all_of(M::KIND).await?;
+        rows.iter().map(typed).collect()
+    }
+
     /// Upserts one desired state; unchanged specs change nothing.
     pub async fn upsert<M: Model>(&self, key: &str, spec: &M) -> anyhow::Result<Change> {
         let value = serde_json::to_value(spec).context("serialising spec")?;

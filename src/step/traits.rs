@@ -85,6 +85,13 @@ pub struct PullReport {
     pub seen: usize,
     pub created: usize,
     pub updated: usize,
+    /// Items the source listed that could not be used (a row with a NULL key, say); each is
+    /// named in `problems`.
+    pub skipped: usize,
+    /// What went wrong without failing the poll (a bad row, one broken query of several),
+    /// one sentence each, naming where: the engine logs them when they change and keeps them
+    /// in the source's health.
+    pub problems: Vec<String>,
 }
 
 /// Polls a source and upserts desired state. Stateless: report the whole listing every time;
@@ -99,6 +106,13 @@ pub trait PullStep: Send + Sync + 'static {
 
     /// Lists the source and upserts what it finds through `models`.
     async fn pull(&self, models: &Models) -> anyhow::Result<PullReport>;
+
+    /// What `thalamus check` can learn by asking the source (say, whether its queries return
+    /// the columns it reads): one line per finding, a warning when it could not ask. An
+    /// `Err` is a source configured wrong. Default: nothing to ask.
+    async fn check(&self) -> anyhow::Result<Vec<String>> {
+        Ok(Vec::new())
+    }
 
     /// A hint source (e.g. inotify) that makes the next poll come sooner; `None` if the source
     /// has none. Waiting on it must be cancel-safe.

@@ -19,6 +19,7 @@ mod replicas;
 mod settings;
 mod settle;
 mod settle_state;
+mod source_health;
 mod statement;
 mod status;
 
@@ -45,6 +46,7 @@ pub use replicas::Replica;
 pub use settings::{Backend, DatabaseSettings};
 pub use settle::{synced_message, OutcomeRecord, Settled, Settlement};
 pub use settle_state::SettleRecord;
+pub use source_health::SourceHealth;
 pub use status::StatusWrite;
 
 /// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.

@@ -285,6 +285,14 @@ impl Store {
         with_pool!(&self.db, pool => Ok(sqlx::query_as(&sql).bind(kind).bind(key).fetch_optional(pool).await?))
     }
 
+    /// Every object of `kind` that is not deleted, ordered by key.
+    pub async fn all_of(&self, kind: &str) -> Result<Vec<ObjectRow>> {
+        let sql = format!(
+            "SELECT {OBJECT_COLUMNS} FROM objects WHERE kind = $1 AND deleted_at IS NULL ORDER BY key"
+        );
+        with_pool!(&self.db, pool => Ok(sqlx::query_as(&sql).bind(kind).fetch_all(pool).await?))
+    }
+
     /// Asks for an immediate re-sync (an event said something changed). Never shortens the
     /// backoff of an object whose last attempt failed.
     pub async fn resync(&self, kind: &str, key: &str, now: i64) -> Result<bool> {

@@ -1,4 +1,5 @@
-//! The archive REST client: tells the archive which ASDMs cannot be calibrated.
+//! The archive REST client: tells the archive which ASDMs cannot be calibrated, and which
+//! can again.
 
 use reqwest::Method;
 use serde_json::json;
@@ -25,6 +26,15 @@ impl ArchiveClient {
     pub async fn mark_not_calibratable(&self, uid: &str, reason: &str) -> Result<(), CallError> {
         let url = self.http.url(&["alma", "asdm", uid, "calibration-status"]);
         let body = json!({"calibratable": false, "reason": reason});
+        self.http.send(Method::PUT, url, Some(&body)).await?;
+        Ok(())
+    }
+
+    /// The same PUT with `{"calibratable": true}`: the ASDM may be calibrated after all (it
+    /// was marked, and no longer is).
+    pub async fn mark_calibratable(&self, uid: &str) -> Result<(), CallError> {
+        let url = self.http.url(&["alma", "asdm", uid, "calibration-status"]);
+        let body = json!({"calibratable": true});
         self.http.send(Method::PUT, url, Some(&body)).await?;
         Ok(())
     }

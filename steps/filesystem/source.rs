@@ -145,7 +145,6 @@ impl DirectorySource {
             files,
             requested_at: None,
             missing_files,
-            not_calibratable: None,
         };
         (obs.key(), obs)
     }

@@ -41,7 +41,6 @@ pub fn observation(n: impl std::fmt::Display) -> Observation {
         files: vec![],
         requested_at: None,
         missing_files: vec![],
-        not_calibratable: None,
     }
 }
 
