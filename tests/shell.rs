@@ -645,11 +645,12 @@ async fn describe_says_which_replica_runs_an_object() {
     let out = bin(dir.path())
         .args(["describe", "Parent", "p"])
         .env("THALAMUS__DATABASE__URL", &h.db.url)
+        .env("THALAMUS__API__LISTEN", "127.0.0.1:9") // no controller's API answers here
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("state:           pending, running on replica replica-a"),
+        stdout(&out).contains("state:           pending, claimed by replica replica-a"),
         "{}",
         stdout(&out)
     );

@@ -59,7 +59,7 @@ pub async fn show(
     State(api): State<Api>,
     Path((kind, key)): Path<(String, String)>,
 ) -> Result<Json<ModelDetail>, ApiError> {
-    match views::detail(api.engine.store(), &kind, &key, 10).await? {
+    match views::detail(&api.engine, &kind, &key, 10).await? {
         Some(detail) => Ok(Json(detail)),
         None => Err(ApiError::not_found(format!("{kind} {key} not found"))),
     }

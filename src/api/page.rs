@@ -269,7 +269,7 @@ pub async fn model(State(api): State<Api>, Path((kind, key)): Path<(String, Stri
 }
 
 async fn model_body(api: &Api, kind: &str, key: &str) -> Result<Markup, ApiError> {
-    let Some(m) = views::detail(api.engine.store(), kind, key, 50).await? else {
+    let Some(m) = views::detail(&api.engine, kind, key, 50).await? else {
         return Err(ApiError::not_found(format!("{kind} {key} not found")));
     };
     let api_path = format!(

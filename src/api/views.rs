@@ -112,12 +112,54 @@ pub struct ModelDetail {
     pub created_at: String,
     pub deleted_at: Option<String>,
     pub need_delete: bool,
+    /// The replica running its step now, if one is (see [`RunningView`]).
+    pub running: Option<RunningView>,
     /// The models this one links to.
     pub links: Vec<LinkView>,
     /// The models that link to this one.
     pub dependents: Vec<LinkView>,
     /// The latest attempts, newest first.
     pub executions: Vec<ExecutionView>,
+}
+
+/// Who runs a model's step now. `since` is known for steps this process runs; for another
+/// replica (PostgreSQL) only its lease is seen: claimed, running or about to, until then.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RunningView {
+    pub replica: String,
+    /// When the step started (this process's steps).
+    pub since: Option<String>,
+    /// Until when another replica's lease holds the model.
+    pub lease_until: Option<String>,
+}
+
+/// Who runs the step of `kind` `key` (object `id`) now: this process, or another replica's
+/// live lease.
+pub async fn running(
+    engine: &crate::engine::Engine,
+    kind: &str,
+    key: &str,
+    id: i64,
+) -> Result<Option<RunningView>, ApiError> {
+    if let Some(since) = engine.reconcile_metrics().running_since(kind, key) {
+        return Ok(Some(RunningView {
+            replica: engine.holder().to_string(),
+            since: Some(format_ms(since)),
+            lease_until: None,
+        }));
+    }
+    let now = engine.now_ms();
+    Ok(engine
+        .store()
+        .leases()
+        .await?
+        .into_iter()
+        .find(|l| l.id == id && l.until > now && l.holder != engine.holder())
+        .map(|l| RunningView {
+            replica: l.holder,
+            since: None,
+            lease_until: Some(format_ms(l.until)),
+        }))
 }
 
 /// Counts of one kind's models per state.
@@ -253,11 +295,12 @@ fn links(rows: Vec<(String, String, String)>) -> Vec<LinkView> {
 
 /// One model in full, with its `executions` latest attempts; `None` if there is no such model.
 pub async fn detail(
-    store: &Store,
+    engine: &crate::engine::Engine,
     kind: &str,
     key: &str,
     executions: i64,
 ) -> Result<Option<ModelDetail>, ApiError> {
+    let store = engine.store();
     let Some(row) = store.get(kind, key).await? else {
         return Ok(None);
     };
@@ -282,6 +325,7 @@ pub async fn detail(
         created_at: format_ms(row.created_at),
         deleted_at: row.deleted_at.map(format_ms),
         need_delete: row.need_delete,
+        running: running(engine, kind, key, row.id).await?,
         links: links(store.links_from(row.id).await?),
         dependents: links(store.links_to(kind, key).await?),
         executions: store

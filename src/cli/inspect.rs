@@ -290,14 +290,22 @@ pub async fn describe(
     let Some(summary) = store.list(&filter).await?.pop() else {
         bail!("{kind} {key} not found")
     };
-    // A live lease means a replica is running (or about to run) its step. PostgreSQL keeps
-    // leases in a table every replica sees; SQLite's live in the controller's memory.
+    // The controller running on this configuration knows which steps it runs, and since
+    // when: ask its API. Failing that, a live lease (PostgreSQL keeps them in a table every
+    // replica sees; SQLite's live in the controller's memory) means a replica runs, or is
+    // about to run, its step.
     let now = SystemClock.now_ms();
-    let running = store
-        .leases()
-        .await?
-        .into_iter()
-        .find(|l| l.id == row.id && l.until > now && summary.state != State::Ok);
+    let running = match running_from_api(settings, kind, key).await {
+        Some(running) => Some(running),
+        None => store
+            .leases()
+            .await?
+            .into_iter()
+            .find(|l| l.id == row.id && l.until > now && summary.state != State::Ok)
+            .map(
+                |l| json!({"replica": l.holder, "since": null, "lease_until": format_ms(l.until)}),
+            ),
+    };
     let links = store.links_from(row.id).await?;
     let dependents = store.links_to(kind, key).await?;
     let executions = store.history(kind, key, 10).await?;
@@ -315,9 +323,7 @@ pub async fn describe(
         doc["created_at"] = json!(format_ms(row.created_at));
         doc["deleted_at"] = json!(row.deleted_at.map(format_ms));
         doc["need_delete"] = json!(row.need_delete);
-        doc["running"] = json!(running
-            .as_ref()
-            .map(|l| json!({"replica": l.holder, "lease_until": format_ms(l.until)})));
+        doc["running"] = json!(running);
         doc["links"] = json!(links
             .iter()
             .map(|(f, k, n)| json!({"field": f, "kind": k, "key": n}))
@@ -330,12 +336,19 @@ pub async fn describe(
         return print_json(&doc);
     }
     outln!("{kind} {key}");
+    let text = |v: &Value, field: &str| v[field].as_str().unwrap_or_default().to_string();
     match &running {
-        Some(lease) => outln!(
-            "  state:           {}, running on replica {} (lease until {})",
+        Some(r) if r["since"].is_string() => outln!(
+            "  state:           {}, running since {} on replica {}",
             summary.state.as_str(),
-            lease.holder,
-            format_ms(lease.until)
+            text(r, "since"),
+            text(r, "replica")
+        ),
+        Some(r) => outln!(
+            "  state:           {}, claimed by replica {} (running or about to; lease until {})",
+            summary.state.as_str(),
+            text(r, "replica"),
+            text(r, "lease_until")
         ),
         None => outln!("  state:           {}", summary.state.as_str()),
     }
@@ -518,4 +531,25 @@ pub async fn delete(settings: &Settings, kind: &str, key: &str) -> anyhow::Resul
         outln!("{kind} {key}: marked {marked} object(s) for deletion (dependents first)");
     }
     Ok(())
+}
+
+/// Who runs the step of `kind` `key` now, as the controller serving this configuration's
+/// API says (`running` of `GET /api/v1/models/{kind}/{key}`); `None` when it runs none, or
+/// no controller answers within a second.
+async fn running_from_api(settings: &Settings, kind: &str, key: &str) -> Option<Value> {
+    if !settings.api.enabled {
+        return None;
+    }
+    let host = settings.api.listen.replace("0.0.0.0:", "127.0.0.1:");
+    let url = format!(
+        "http://{host}/api/v1/models/{}/{}",
+        crate::api::encode_segment(kind),
+        crate::api::encode_segment(key)
+    );
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(1))
+        .build()
+        .ok()?;
+    let detail: Value = client.get(url).send().await.ok()?.json().await.ok()?;
+    detail.get("running").filter(|r| !r.is_null()).cloned()
 }

@@ -50,8 +50,8 @@ pub struct ReconcileMetrics {
     time: TimeFamily,
     retries: Family<QueueLabel, Counter>,
     active: Family<ControllerLabel, Gauge>,
-    /// Steps running now: id → (kind, since).
-    running: Mutex<HashMap<u64, (String, Instant)>>,
+    /// Steps running now: id → what runs, since when.
+    running: Mutex<HashMap<u64, RunningStep>>,
     next: AtomicU64,
 }
 
@@ -67,6 +67,16 @@ impl Default for ReconcileMetrics {
             next: AtomicU64::new(0),
         }
     }
+}
+
+/// A step running in this process: its object, and when it started (an `Instant` for the
+/// gauges, epoch ms for people).
+#[derive(Debug, Clone)]
+struct RunningStep {
+    kind: String,
+    key: String,
+    since: Instant,
+    since_ms: i64,
 }
 
 /// A step in progress; dropping it (the step ended, or was cancelled) takes it off the gauge.
@@ -91,11 +101,18 @@ fn label(kind: &str) -> ControllerLabel {
 }
 
 impl ReconcileMetrics {
-    /// A step of `kind` starts; the gauge counts it until the returned guard drops.
-    pub fn start(self: &Arc<Self>, kind: &str) -> Running {
+    /// The step of `kind` `key` starts at `now_ms`; the gauge counts it (and
+    /// [`ReconcileMetrics::running_since`] names it) until the returned guard drops.
+    pub fn start(self: &Arc<Self>, kind: &str, key: &str, now_ms: i64) -> Running {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.active.get_or_create(&label(kind)).inc();
-        self.lock().insert(id, (kind.to_string(), Instant::now()));
+        let step = RunningStep {
+            kind: kind.to_string(),
+            key: key.to_string(),
+            since: Instant::now(),
+            since_ms: now_ms,
+        };
+        self.lock().insert(id, step);
         Running {
             metrics: self.clone(),
             id,
@@ -135,12 +152,22 @@ impl ReconcileMetrics {
     /// How long the longest step of each kind running now has been running.
     pub fn longest_running(&self) -> HashMap<String, Duration> {
         let mut longest: HashMap<String, Duration> = HashMap::new();
-        for (kind, since) in self.lock().values() {
-            let d = since.elapsed();
-            let e = longest.entry(kind.clone()).or_default();
+        for step in self.lock().values() {
+            let d = step.since.elapsed();
+            let e = longest.entry(step.kind.clone()).or_default();
             *e = (*e).max(d);
         }
         longest
+    }
+
+    /// When the step of `kind` `key` running in this process started (epoch ms), if one is
+    /// running: what `describe` and the API show as "running since".
+    pub fn running_since(&self, kind: &str, key: &str) -> Option<i64> {
+        self.lock()
+            .values()
+            .filter(|s| s.kind == kind && s.key == key)
+            .map(|s| s.since_ms)
+            .min()
     }
 
     /// Adds the controller-runtime metrics this process keeps to `registry` (the names get
@@ -173,7 +200,7 @@ impl ReconcileMetrics {
         );
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (String, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, RunningStep>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

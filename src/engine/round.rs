@@ -378,7 +378,7 @@ impl<'e> Round<'e> {
         let timeout = Duration::from_secs(e.settings.sync.step_timeout_seconds);
         let clock = e.clock.clone();
         let span = info_span!("reconcile", kind = %row.kind, key = %row.key, generation = row.generation, op = ?op);
-        let running = e.reconciles.start(&row.kind);
+        let running = e.reconciles.start(&row.kind, &row.key, e.clock.now_ms());
         async move {
             let _running = running;
             let started = clock.now_ms();
