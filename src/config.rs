@@ -36,6 +36,8 @@ pub struct Settings {
     pub log: crate::telemetry::LogSettings,
     pub events: crate::bus::EventsSettings,
     pub outbox: crate::outbox::OutboxSettings,
+    /// `rules.*`: where the rules files are.
+    pub rules: crate::rules::RulesSettings,
     /// The sections the step modules in `steps/` declare and read.
     #[serde(flatten, skip_deserializing)]
     pub steps: crate::steps::Settings,
@@ -68,6 +70,7 @@ impl Default for Settings {
             log: Default::default(),
             events: crate::bus::EventsSettings::default(),
             outbox: Default::default(),
+            rules: Default::default(),
             steps: crate::steps::Settings::default(),
         }
     }

@@ -39,6 +39,7 @@ pub mod config;
 pub mod engine;
 pub mod graph;
 pub mod outbox;
+pub mod rules;
 pub mod secret;
 pub mod sources;
 pub mod step;

@@ -30,9 +30,11 @@ impl ModelPolicy for DeriveIngestion {
     }
 }
 
-/// Ingestion of VLA/ALMA science data completed → a Calibration exists; if the observation is
-/// not calibratable, no Calibration (an existing one is deleted) and the reason is recorded
-/// in the ingestion's status.
+/// Ingestion of VLA/ALMA science data completed, of an observation that is not calibratable →
+/// no Calibration (an existing one is deleted) and the reason is recorded in the ingestion's
+/// status. The Calibration of one that is calibratable is the rule `calibrate-ingested`
+/// (`rules/calibration.yaml`): it stays Rust because it reads another model and undoes what
+/// was done before, a decision with an else branch that a rule's response cannot hold.
 pub struct DeriveCalibration;
 
 #[async_trait]
@@ -68,13 +70,8 @@ impl ModelPolicy for DeriveCalibration {
             }
             return Ok(());
         }
-        let calibration = Calibration {
-            ingestion: obj.key.clone(),
-            instrument: spec.instrument,
-            name: spec.name.clone(),
-            ingestion_generation: obj.generation,
-        };
-        models.upsert(&obj.key, &calibration).await?;
+        // Otherwise the rule `calibrate-ingested` (rules/calibration.yaml) makes the
+        // Calibration.
         Ok(())
     }
 }

@@ -13,6 +13,7 @@ pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Resul
     let (engine, _lock) = crate::app::engine(&settings, migrate).await?;
     info!(database = %url, holder = engine.holder(), "thalamus starting");
     let token = engine.shutdown_token();
+    tokio::spawn(reload_on_hangup(engine.clone()));
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutdown requested: finishing running steps");
@@ -51,6 +52,30 @@ fn summary(r: &OnceReport) -> String {
         r.pull.steps, r.pull.seen, r.pull.created, r.pull.updated, r.pull.failed,
         r.policy.handled, r.policy.failed, s.synced, s.deferred, s.failed, s.permanent, s.waiting, s.reaped, r.passes
     )
+}
+
+/// SIGHUP reloads the rules: files that pass the checks replace the running rules; a refused
+/// file leaves them running, and the log says why.
+async fn reload_on_hangup(engine: crate::engine::Engine) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            for result in engine.registry.reload() {
+                match result {
+                    Ok(what) => info!("SIGHUP: rules reloaded: {what}"),
+                    Err(e) => {
+                        tracing::warn!("SIGHUP: rules refused, the running rules stay: {e:#}")
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(engine);
 }
 
 async fn wait_for_signal() {
@@ -113,6 +138,8 @@ pub fn check(settings: &Settings) -> anyhow::Result<()> {
     println!("pull steps: {}", list_or_none(registry.pull_names()));
     println!("policies: {}", list_or_none(registry.policy_names()));
     println!("event steps: {}", list_or_none(registry.event_names()));
+    let files = settings.rules.files()?;
+    println!("rules: {} file(s) OK", files.len());
     Ok(())
 }
 

@@ -1,0 +1,150 @@
+//! CEL, compiled once: a rule's condition and every value its responses build. The variables
+//! an expression sees are `message` (the broker message's JSON), `event` (where it came from),
+//! `model` (the model an event is about), `found` (the model `find` looked up) and `now`
+//! (epoch seconds); beside CEL's standard library it has `lower(s)` (for iequals) and
+//! `epoch(rfc3339)` (epoch seconds, for timediff).
+
+use std::sync::{Arc, OnceLock};
+
+use cel::objects::{Key, Map};
+use cel::{Context, Env, ExecutionError, FunctionContext, Program, Value};
+
+/// The variables an expression may name.
+pub const VARIABLES: [&str; 5] = ["message", "event", "model", "found", "now"];
+
+/// A compiled CEL expression and its source.
+#[derive(Clone)]
+pub struct Expr {
+    /// The source, as written.
+    pub text: String,
+    program: Arc<Program>,
+}
+
+impl std::fmt::Debug for Expr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Expr({:?})", self.text)
+    }
+}
+
+fn env() -> Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
+}
+
+/// The first `matches(…)` regex literal in `text` that does not compile, and why.
+fn bad_regex(text: &str) -> Option<String> {
+    static FIND: OnceLock<regex::Regex> = OnceLock::new();
+    let find = FIND.get_or_init(|| {
+        regex::Regex::new(r#"matches\(\s*(?:'((?:[^'\\]|\\.)*)'|"((?:[^"\\]|\\.)*)")\s*\)"#)
+            .expect("a valid pattern")
+    });
+    for caps in find.captures_iter(text) {
+        let literal = caps.get(1).or_else(|| caps.get(2))?.as_str();
+        let pattern = literal.replace("\\\\", "\\");
+        if let Err(e) = regex::Regex::new(&pattern) {
+            return Some(format!("bad regex {literal:?}: {e}"));
+        }
+    }
+    None
+}
+
+impl Expr {
+    /// Compiles `text`, refusing a syntax error, an unknown variable or a bad regex literal.
+    pub fn compile(text: &str) -> Result<Self, String> {
+        let program = Program::compile(text).map_err(|e| format!("not CEL: {e}"))?;
+        for var in program.references().variables() {
+            if !VARIABLES.contains(&var) {
+                return Err(format!(
+                    "unknown variable {var:?} (known: {})",
+                    VARIABLES.join(", ")
+                ));
+            }
+        }
+        if let Some(e) = bad_regex(text) {
+            return Err(e);
+        }
+        Ok(Self {
+            text: text.to_string(),
+            program: Arc::new(program),
+        })
+    }
+
+    /// Evaluates over `vars` (JSON values by variable name).
+    pub fn eval(&self, vars: &Vars) -> Result<serde_json::Value, String> {
+        let mut ctx = Context::with_env(env());
+        let _ = ctx.add_function("lower", |s: Arc<String>| s.to_lowercase());
+        let _ = ctx.add_function("epoch", epoch);
+        for (name, value) in &vars.0 {
+            ctx.add_variable(*name, value.clone())
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+        let value = self.program.execute(&ctx).map_err(|e| describe(&e))?;
+        Ok(to_json(&value))
+    }
+
+    /// Evaluates as a condition: true, false, or why it is neither.
+    pub fn test(&self, vars: &Vars) -> Result<bool, String> {
+        match self.eval(vars)? {
+            serde_json::Value::Bool(b) => Ok(b),
+            other => Err(format!("gives {other}, not a bool")),
+        }
+    }
+}
+
+/// Whether an evaluation error means the expression is wrong whatever the message (a type
+/// error), not just that this message lacks a field.
+pub fn is_type_error(message: &str) -> bool {
+    !(message.starts_with("No such key") || message.starts_with("Undeclared reference"))
+}
+
+fn describe(e: &ExecutionError) -> String {
+    e.to_string()
+}
+
+/// `epoch("2026-11-26T17:00:00Z")`: epoch seconds of an RFC 3339 time.
+fn epoch(ftx: &FunctionContext, text: Arc<String>) -> Result<i64, ExecutionError> {
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| t.timestamp())
+        .map_err(|e| ftx.error(format!("{text:?} is not an RFC 3339 time: {e}")))
+}
+
+/// The variables of one evaluation.
+#[derive(Debug, Clone, Default)]
+pub struct Vars(pub Vec<(&'static str, serde_json::Value)>);
+
+impl Vars {
+    /// Adds (or replaces) a variable.
+    pub fn set(&mut self, name: &'static str, value: serde_json::Value) {
+        self.0.retain(|(n, _)| *n != name);
+        self.0.push((name, value));
+    }
+}
+
+/// A CEL value as JSON.
+fn to_json(value: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        Value::List(items) => J::Array(items.iter().map(to_json).collect()),
+        Value::Map(Map { map }) => J::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let k = match k {
+                        Key::Int(i) => i.to_string(),
+                        Key::Uint(u) => u.to_string(),
+                        Key::Bool(b) => b.to_string(),
+                        Key::String(s) => s.to_string(),
+                    };
+                    (k, to_json(v))
+                })
+                .collect(),
+        ),
+        Value::Int(i) => (*i).into(),
+        Value::UInt(u) => (*u).into(),
+        Value::Float(f) => (*f).into(),
+        Value::String(s) => J::String(s.to_string()),
+        Value::Bytes(b) => J::Array(b.iter().map(|b| (*b).into()).collect()),
+        Value::Bool(b) => (*b).into(),
+        Value::Null => J::Null,
+        other => J::String(format!("{other:?}")),
+    }
+}
