@@ -75,8 +75,7 @@ impl Expr {
         let _ = ctx.add_function("lower", |s: Arc<String>| s.to_lowercase());
         let _ = ctx.add_function("epoch", epoch);
         for (name, value) in &vars.0 {
-            ctx.add_variable(*name, value.clone())
-                .map_err(|e| format!("{name}: {e}"))?;
+            ctx.add_variable_from_value(*name, from_json(value));
         }
         let value = self.program.execute(&ctx).map_err(|e| describe(&e))?;
         Ok(to_json(&value))
@@ -117,6 +116,31 @@ impl Vars {
     pub fn set(&mut self, name: &'static str, value: serde_json::Value) {
         self.0.retain(|(n, _)| *n != name);
         self.0.push((name, value));
+    }
+}
+
+/// JSON as a CEL value; whole numbers are `int` (as CEL literals are), so arithmetic on a
+/// message's fields and literals meets no int/uint mismatch.
+fn from_json(value: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value::Null,
+        J::Bool(b) => Value::Bool(*b),
+        J::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Value::Int(i),
+            (None, Some(u)) => Value::UInt(u),
+            _ => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        J::String(s) => Value::String(Arc::new(s.clone())),
+        J::Array(items) => Value::List(Arc::new(items.iter().map(from_json).collect())),
+        J::Object(fields) => Value::Map(Map {
+            map: Arc::new(
+                fields
+                    .iter()
+                    .map(|(k, v)| (Key::String(Arc::new(k.clone())), from_json(v)))
+                    .collect(),
+            ),
+        }),
     }
 }
 
