@@ -327,51 +327,45 @@ impl Compiler<'_> {
     }
 }
 
-/// What a response does to which model, for finding contradictions: (kind, key as written),
-/// and what it does to it.
-fn targets(def: &RuleDef) -> Vec<((String, String), String, Option<(String, String)>, usize)> {
+/// What a response does to which model, for finding contradictions.
+struct Target {
+    /// The kind, and the key as written.
+    model: (String, String),
+    /// `write` or `delete`.
+    op: &'static str,
+    /// The field written and the expression written to it.
+    field: Option<(String, String)>,
+    /// The response's line.
+    line: usize,
+}
+
+/// Every model a rule's responses write or delete.
+fn targets(def: &RuleDef) -> Vec<Target> {
     let mut out = Vec::new();
     for r in &def.responses {
-        match &r.action {
-            Action::Upsert { kind, key, spec } => {
-                for (field, e) in spec {
-                    let what = Some((format!("spec.{field}"), e.text.clone()));
-                    out.push((
-                        (kind.text.clone(), key.text.clone()),
-                        "write".into(),
-                        what,
-                        r.line,
-                    ));
-                }
-                if spec.is_empty() {
-                    out.push((
-                        (kind.text.clone(), key.text.clone()),
-                        "write".into(),
-                        None,
-                        r.line,
-                    ));
-                }
-            }
+        let (kind, key, op, fields) = match &r.action {
+            Action::Upsert { kind, key, spec } => (kind, key, "write", Some(("spec", spec))),
             Action::SetStatus { kind, key, status } => {
-                for (field, e) in status {
-                    let what = Some((format!("status.{field}"), e.text.clone()));
-                    out.push((
-                        (kind.text.clone(), key.text.clone()),
-                        "write".into(),
-                        what,
-                        r.line,
-                    ));
-                }
+                (kind, key, "write", Some(("status", status)))
             }
-            Action::Delete { kind, key } => {
-                out.push((
-                    (kind.text.clone(), key.text.clone()),
-                    "delete".into(),
-                    None,
-                    r.line,
-                ));
-            }
-            Action::Retry { .. } | Action::Publish { .. } => {}
+            Action::Delete { kind, key } => (kind, key, "delete", None),
+            Action::Retry { .. } | Action::Publish { .. } => continue,
+        };
+        let model = (kind.text.clone(), key.text.clone());
+        let fields: Vec<Option<(String, String)>> = match fields {
+            Some((part, fields)) if !fields.is_empty() => fields
+                .iter()
+                .map(|(f, e)| Some((format!("{part}.{f}"), e.text.clone())))
+                .collect(),
+            _ => vec![None],
+        };
+        for field in fields {
+            out.push(Target {
+                model: model.clone(),
+                op,
+                field,
+                line: r.line,
+            });
         }
     }
     out
@@ -402,12 +396,12 @@ fn contradictions(defs: &[RuleDef]) -> Vec<RuleError> {
             if !same_event(&a.event, &b.event) {
                 continue;
             }
-            'pairs: for (ta, va, fa, _) in targets(a) {
-                for (tb, vb, fb, line) in targets(b) {
-                    if ta != tb {
+            'pairs: for ta in targets(a) {
+                for tb in targets(b) {
+                    if ta.model != tb.model {
                         continue;
                     }
-                    let why = match (va.as_str(), vb.as_str(), &fa, &fb) {
+                    let why = match (ta.op, tb.op, &ta.field, &tb.field) {
                         ("delete", "write", _, _) | ("write", "delete", _, _) => {
                             "one deletes what the other writes".to_string()
                         }
@@ -418,6 +412,7 @@ fn contradictions(defs: &[RuleDef]) -> Vec<RuleError> {
                         }
                         _ => continue,
                     };
+                    let (line, ta) = (tb.line, &ta.model);
                     errors.push(RuleError {
                         file: b.file.clone(),
                         line,
