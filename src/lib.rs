@@ -20,6 +20,8 @@
 //!   used by `run`, dead-letter replay and the bench; the transports started beside `run`.
 //! - [`outbox`]: announcements (what thalamus tells downstream), the outbox rows they become,
 //!   and the relay that publishes them at least once.
+//! - [`rules`]: rules as data (Event → CEL condition → responses through the store or the
+//!   outbox), checked when loaded, fired as an event step and per-kind policies, reloaded.
 //! - [`cli`]: the `thalamus` command line and its tables.
 //! - [`telemetry`]: tracing setup and `log.*` settings.
 //! - [`workspaces`]: plain Workspaces and archive REST clients, rate-limited.
@@ -27,8 +29,8 @@
 //!   system, their settings sections, and the `prelude` a step imports.
 //!
 //! Layers point one way (`../shared/tools/module-cycles src` finds no cycle): `cli` → `app` →
-//! {`config`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
-//! `secret`).
+//! {`config`, `bus`, `steps`, `rules`} → `engine` → {`step`, `store`, `graph`} → leaves
+//! (`clock`, `secret`); `rules` → {`step`, `store`, `outbox`}.
 
 pub mod app;
 pub mod bench;
