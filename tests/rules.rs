@@ -113,6 +113,28 @@ fn check_refuses_a_condition_that_is_not_a_bool_or_names_an_unknown_variable() {
 }
 
 #[test]
+fn check_refuses_an_unknown_function_and_accepts_the_standard_ones() {
+    let e = refusal(
+        "rules:\n  - name: fn\n    event: {message: {topic: t}}\n    condition: message.message.contians('x')\n    responses: [{retry: {kind: Ingestion, key: \"'k'\"}}]\n",
+    );
+    assert!(
+        e.contains("ops.yaml:4: rule fn:") && e.contains("unknown function \"contians\""),
+        "{e}"
+    );
+    let fine = "size(message.files) > 0 && message.files.all(f, f.size > 0) \
+        && message.files.exists(f, f.path.endsWith('.xml')) && int('3') == 3 \
+        && string(message.n) == '1' && message.files.map(f, f.size).size() == 1 \
+        && message.files.filter(f, f.size > 0).size() == 1 && !(message.n in [2, 3])";
+    let expr = Expr::compile(fine).unwrap();
+    let mut vars = Vars::default();
+    vars.set(
+        "message",
+        serde_json::json!({"n": 1, "files": [{"path": "Main.xml", "size": 3}]}),
+    );
+    assert_eq!(expr.test(&vars), Ok(true));
+}
+
+#[test]
 fn check_refuses_a_bad_regex() {
     let e = refusal(
         "rules:\n  - name: re\n    event: {message: {topic: t}}\n    condition: message.message.matches('(no calibrator')\n    responses: [{retry: {kind: Ingestion, key: \"'k'\"}}]\n",
@@ -544,4 +566,100 @@ fn the_command_line_checks_lists_and_tests_rules() {
         !dir.path().join("never.db").exists(),
         "the store was not touched"
     );
+}
+
+/// `thalamus run` reloads its rules on SIGHUP: a bad file is refused (logged, the process and
+/// its rules running on), a good one is taken, and a message then published on RabbitMQ has
+/// the new rule's effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_rules_of_a_running_controller() {
+    use common::controller::{run_to_end, settings, write_config, Controller};
+    let stub = common::workspaces_stub::Stub::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let rules_dir = dir.path().join("rules");
+    std::fs::create_dir_all(&rules_dir).unwrap();
+    for file in ["announcements.yaml", "calibration.yaml"] {
+        std::fs::copy(Path::new("rules").join(file), rules_dir.join(file)).unwrap();
+    }
+    let db = format!("sqlite://{}", dir.path().join("thalamus.db").display());
+    let mut s = settings(dir.path(), &db, &stub);
+    s.events = events("rules-hup");
+    s.events.kafka.enabled = false;
+    s.rules.paths = vec![rules_dir.clone()];
+    let config = write_config(dir.path(), "config", &s);
+    drop(
+        thalamus::bus::AmqpSession::connect(&s.events)
+            .await
+            .unwrap(),
+    ); // queue and bindings
+    let mut controller = Controller::spawn(&config, dir.path(), "hup", &[]);
+    eventually("the controller to start", || async {
+        controller.log().contains("thalamus starting")
+    })
+    .await;
+    let hangup = |pid: u32| {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let rule = r#"rules:
+  - name: mark-from-status
+    event:
+      message:
+        topic: workspaces.capability-status
+        type: capability-status
+    condition: message.state == 'Failed' && message.message.contains('no calibrator')
+    responses:
+      - upsert:
+          kind: CalibrationMark
+          key: message.uid
+          spec: {uid: message.uid, reason: message.message}
+"#;
+    let operator = rules_dir.join("operator.yaml");
+    std::fs::write(
+        &operator,
+        rule.replace("message.contains", "message.contians"),
+    )
+    .unwrap();
+    hangup(controller.pid());
+    eventually("the bad file refused", || async {
+        controller
+            .log()
+            .contains("rules refused, the running rules stay")
+    })
+    .await;
+    assert!(controller.alive(), "{}", controller.tail(20));
+    assert!(
+        controller
+            .log()
+            .contains("operator.yaml:7: rule mark-from-status"),
+        "{}",
+        controller.tail(5)
+    );
+    std::fs::write(&operator, rule).unwrap();
+    hangup(controller.pid());
+    eventually("the good file taken", || async {
+        controller.log().contains("rules reloaded: 4 rule(s)")
+    })
+    .await;
+    let message = br#"{"type":"capability-status","capability_request_id":5,"state":"Failed","message":"no calibrator","uid":"uid://A002/X9"}"#;
+    publish_amqp(
+        &actual(&s.events, STATUS),
+        "workspaces.status",
+        &[message.to_vec()],
+    )
+    .await;
+    eventually("the rule's CalibrationMark", || async {
+        let out = run_to_end(
+            &config,
+            dir.path(),
+            &["get", "CalibrationMark", "-o", "json"],
+        );
+        out.contains("uid://A002/X9")
+    })
+    .await;
+    assert!(controller.alive(), "{}", controller.tail(20));
+    cleanup_amqp(&s.events).await;
 }

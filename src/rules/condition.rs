@@ -31,6 +31,28 @@ fn env() -> Arc<Env> {
     ENV.get_or_init(|| Arc::new(Env::stdlib())).clone()
 }
 
+/// The names comprehensions bind (`files.all(f, …)` binds `f`).
+fn bound_names(text: &str) -> Vec<String> {
+    static FIND: OnceLock<regex::Regex> = OnceLock::new();
+    let find = FIND.get_or_init(|| {
+        regex::Regex::new(
+            r"\b(?:all|exists|exists_one|map|filter)\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,",
+        )
+        .expect("a valid pattern")
+    });
+    find.captures_iter(text).map(|c| c[1].to_string()).collect()
+}
+
+/// Whether `name` is a function an expression may call: an operator, CEL's standard library
+/// (which refuses a function of its name being added beside it), or ours.
+fn is_function(name: &str) -> bool {
+    if name.starts_with(['_', '@', '!']) || ["lower", "epoch"].contains(&name) {
+        return true;
+    }
+    let mut probe = Context::with_env(env());
+    probe.add_function(name, || 0i64).is_err()
+}
+
 /// The first `matches(…)` regex literal in `text` that does not compile, and why.
 fn bad_regex(text: &str) -> Option<String> {
     static FIND: OnceLock<regex::Regex> = OnceLock::new();
@@ -52,12 +74,18 @@ impl Expr {
     /// Compiles `text`, refusing a syntax error, an unknown variable or a bad regex literal.
     pub fn compile(text: &str) -> Result<Self, String> {
         let program = Program::compile(text).map_err(|e| format!("not CEL: {e}"))?;
+        let bound = bound_names(text);
         for var in program.references().variables() {
-            if !VARIABLES.contains(&var) {
+            if !VARIABLES.contains(&var) && !bound.iter().any(|b| b == var) {
                 return Err(format!(
                     "unknown variable {var:?} (known: {})",
                     VARIABLES.join(", ")
                 ));
+            }
+        }
+        for function in program.references().functions() {
+            if !is_function(function) {
+                return Err(format!("unknown function {function:?}"));
             }
         }
         if let Some(e) = bad_regex(text) {
