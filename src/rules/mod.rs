@@ -28,8 +28,9 @@ pub use step::{register, Rules};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RulesSettings {
-    /// Files, or directories whose `*.yaml` files are read (in name order). A directory that
-    /// does not exist holds no rules; a file that does not exist is an error.
+    /// Files, or directories whose `*.yaml` files are read (in name order). A path that does
+    /// not exist is an error, as a missing `model-deps.json` is: the shipped rules (the
+    /// Calibration of an ingested SDM among them) must never go missing silently.
     pub paths: Vec<PathBuf>,
 }
 
@@ -56,8 +57,12 @@ impl RulesSettings {
                 files.extend(found);
             } else if path.exists() {
                 files.push(path.clone());
-            } else if path.extension().is_some() {
-                anyhow::bail!("rules file {} does not exist", path.display());
+            } else {
+                anyhow::bail!(
+                    "rules path {} does not exist (rules.paths; the shipped rules are the \
+                     repository's rules/ directory, installed beside config.yaml)",
+                    path.display()
+                );
             }
         }
         Ok(files)
