@@ -18,6 +18,7 @@ use crate::store::{Open, Store};
 pub fn registry(settings: &Settings) -> anyhow::Result<Registry> {
     let mut registry = Registry::new();
     crate::steps::register(&mut registry, &settings.steps)?;
+    crate::rules::register(&mut registry, &settings.rules)?;
     Ok(registry)
 }
 

@@ -37,6 +37,8 @@ pub struct Settings {
     pub events: crate::bus::EventsSettings,
     pub outbox: crate::outbox::OutboxSettings,
     pub api: crate::api::ApiSettings,
+    /// `rules.*`: where the rules files are.
+    pub rules: crate::rules::RulesSettings,
     /// The sections the step modules in `steps/` declare and read.
     #[serde(flatten, skip_deserializing)]
     pub steps: crate::steps::Settings,
@@ -70,6 +72,7 @@ impl Default for Settings {
             events: crate::bus::EventsSettings::default(),
             outbox: Default::default(),
             api: Default::default(),
+            rules: Default::default(),
             steps: crate::steps::Settings::default(),
         }
     }

@@ -22,6 +22,8 @@
 //!   and the relay that publishes them at least once.
 //! - [`api`]: the operator surface `run` serves (axum): JSON API with its OpenAPI document,
 //!   the web page, Prometheus metrics, `/healthz` `/readyz`; owns the `api` settings.
+//! - [`rules`]: rules as data (Event → CEL condition → responses through the store or the
+//!   outbox), checked when loaded, fired as an event step and per-kind policies, reloaded.
 //! - [`cli`]: the `thalamus` command line and its tables.
 //! - [`telemetry`]: tracing setup and `log.*` settings.
 //! - [`workspaces`]: plain Workspaces and archive REST clients, rate-limited.
@@ -29,8 +31,8 @@
 //!   system, their settings sections, and the `prelude` a step imports.
 //!
 //! Layers point one way (`../shared/tools/module-cycles src` finds no cycle): `cli` → `app` →
-//! {`config`, `api`, `bus`, `steps`} → `engine` → {`step`, `store`, `graph`} → leaves (`clock`,
-//! `secret`).
+//! {`config`, `api`, `bus`, `steps`, `rules`} → `engine` → {`step`, `store`, `graph`} → leaves
+//! (`clock`, `secret`); `rules` → {`step`, `store`, `outbox`}.
 
 pub mod api;
 pub mod app;
@@ -42,6 +44,7 @@ pub mod config;
 pub mod engine;
 pub mod graph;
 pub mod outbox;
+pub mod rules;
 pub mod secret;
 pub mod sources;
 pub mod step;

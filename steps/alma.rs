@@ -467,7 +467,9 @@ impl AlmaSource {
             .collect();
         report.seen += items.len();
         for stored in models.all::<CalibrationMark>().await? {
-            if !stored.spec.calibratable && !items.contains_key(&stored.key) {
+            // A mark someone else made (a rule, say) is theirs to lift.
+            let ours = stored.spec.by.is_none();
+            if ours && !stored.spec.calibratable && !items.contains_key(&stored.key) {
                 items.insert(
                     stored.key.clone(),
                     CalibrationMark::calibratable(&stored.spec.uid),

@@ -1,11 +1,10 @@
 //! What thalamus announces downstream when a model changes (see the README's "Announcements"):
-//! an observation whose files have settled (`new-file`: the protocol change), and a Workspaces
-//! request of an Ingestion or Calibration reaching its end (`ingestion-complete`,
-//! `calibration-complete`, `request-failed`: the semantic change). The level change — a
-//! workflow status re-said as capability status — is said by the event step that applies it
-//! (`events.rs`). Each goes to the outbox with the change, in one transaction.
+//! a Workspaces request of an Ingestion or Calibration reaching its end (`ingestion-complete`,
+//! `calibration-complete`, `request-failed`: the semantic change), each written to the outbox
+//! with the change, in one transaction. The protocol change (`new-file`) and the level change
+//! (workflow status re-said as capability status) are rules: `rules/announcements.yaml`.
 
-use super::models::{Calibration, Ingestion, Observation, RequestStatus};
+use super::models::{Calibration, Ingestion, RequestStatus};
 use crate::steps::prelude::*;
 
 /// The archive's event exchange, where thalamus says what it learned.
@@ -15,30 +14,6 @@ pub const APPLICATION: &str = "thalamus";
 
 fn routing_key() -> String {
     format!("{APPLICATION}.event")
-}
-
-/// An Observation created, or changed (new files): its files are here, and settled.
-struct ObservationSettled;
-
-impl Announcer for ObservationSettled {
-    type Model = Observation;
-
-    fn on_spec(&self, key: &str, spec: &Observation) -> Vec<Announcement> {
-        vec![Announcement {
-            message_type: "new-file",
-            topic: EXCHANGE.into(),
-            routing_key: routing_key(),
-            payload: serde_json::json!({
-                "application": APPLICATION,
-                "key": key,
-                "instrument": spec.instrument,
-                "product": spec.product,
-                "name": spec.name,
-                "location": spec.location,
-                "files": spec.files,
-            }),
-        }]
-    }
 }
 
 /// Whether `after` ended a request: a terminal state that `before` did not hold for it.
@@ -151,7 +126,6 @@ impl Announcer for CalibrationEnded {
 /// Registers the announcers (they say nothing unless `outbox.*` enables a transport).
 pub fn register(registry: &mut Registry, _settings: &Settings) -> anyhow::Result<()> {
     registry
-        .announcer(ObservationSettled)
         .announcer(IngestionEnded)
         .announcer(CalibrationEnded);
     Ok(())

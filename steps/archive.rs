@@ -69,6 +69,11 @@ pub struct CalibrationMark {
     /// Why it cannot be calibrated, as the archive will show it (none when calibratable).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Who marked it, when not the ALMA source (e.g. `rule:no-calibrator`). The ALMA source
+    /// owns the marks without one: it unmarks those its query no longer lists, and leaves
+    /// the others to whoever made them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 impl CalibrationMark {
@@ -83,6 +88,7 @@ impl CalibrationMark {
             uid: uid.to_string(),
             calibratable: false,
             reason: Some(reason.to_string()),
+            by: None,
         }
     }
 
@@ -92,6 +98,7 @@ impl CalibrationMark {
             uid: uid.to_string(),
             calibratable: true,
             reason: None,
+            by: None,
         }
     }
 

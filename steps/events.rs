@@ -1,6 +1,8 @@
 //! Event steps: Workspaces capability and workflow status, and the archive's
 //! ingestion-complete, written into the models' observed status so the sync loop reacts at
-//! once (its own polling of Workspaces stays the safety net when a message is lost).
+//! once (its own polling of Workspaces stays the safety net when a message is lost). The
+//! level change (a workflow status re-said as capability status) is a rule:
+//! `rules/announcements.yaml`.
 
 use super::models::{Calibration, Ingestion, RequestStatus};
 use crate::steps::prelude::*;
@@ -169,9 +171,6 @@ struct Requesters<M: Model> {
     objects: Vec<Obj<M>>,
     by_request: std::collections::HashMap<i64, Vec<usize>>,
     changed: Vec<bool>,
-    /// What each object's change announces beside its kind's announcers: the capability
-    /// status a workflow status is re-said as (the level change).
-    said: Vec<Vec<Announcement>>,
     request: fn(&mut M::Status) -> &mut RequestStatus,
 }
 
@@ -189,12 +188,10 @@ impl<M: Model> Requesters<M> {
             }
         }
         let changed = vec![false; objects.len()];
-        let said = objects.iter().map(|_| Vec::new()).collect();
         Ok(Self {
             objects,
             by_request,
             changed,
-            said,
             request,
         })
     }
@@ -209,9 +206,6 @@ impl<M: Model> Requesters<M> {
             let obj = &mut self.objects[i];
             if apply((self.request)(&mut obj.status), msg) {
                 self.changed[i] = true;
-                if let StatusKind::WorkflowStatus = msg.kind {
-                    self.said[i].push(level_change(id, msg));
-                }
                 changed.push(format!(
                     "{} {} request {id} is {}",
                     M::KIND,
@@ -227,18 +221,17 @@ impl<M: Model> Requesters<M> {
     /// changed by someone else since the batch read it (a sync step's outcome) is not
     /// overwritten: the batch fails and comes again, and then reads it as it is.
     async fn store(&self, models: &Models) -> anyhow::Result<()> {
-        let changed: Vec<(&Obj<M>, Vec<Announcement>)> = self
+        let changed: Vec<&Obj<M>> = self
             .objects
             .iter()
             .zip(&self.changed)
-            .zip(&self.said)
-            .filter(|((_, changed), _)| **changed)
-            .map(|((obj, _), said)| (obj, said.clone()))
+            .filter(|(_, changed)| **changed)
+            .map(|(obj, _)| obj)
             .collect();
         if changed.is_empty() {
             return Ok(());
         }
-        let written = models.set_statuses_saying::<M>(&changed, true).await?;
+        let written = models.set_statuses::<M>(&changed, true).await?;
         if written < changed.len() as u64 {
             bail!(
                 "{} of {} {} changed while their status messages were applied; applying again",
@@ -248,24 +241,6 @@ impl<M: Model> Requesters<M> {
             );
         }
         Ok(())
-    }
-}
-
-/// A workflow status re-said as the capability status of request `id` (the level change), so
-/// consumers of capability status need not know about workflows. It keeps the workflow's
-/// request id; thalamus's own consumer skips it (it carries the origin header).
-fn level_change(id: i64, msg: &StatusMessage) -> Announcement {
-    Announcement {
-        message_type: "capability-status",
-        topic: STATUS_TOPIC.into(),
-        routing_key: "capability-status".into(),
-        payload: serde_json::json!({
-            "capability_request_id": id,
-            "workflow_request_id": msg.workflow_request_id,
-            "state": msg.state.as_str(),
-            "message": msg.message,
-            "timestamp": msg.timestamp,
-        }),
     }
 }
 

@@ -32,8 +32,11 @@ impl ModelPolicy for DeriveIngestion {
     }
 }
 
-/// Ingestion of VLA/ALMA science data completed → a Calibration exists, following the
-/// ingestion's generation, unless the ASDM is marked not calibratable (see [`decide`]).
+/// Ingestion of ALMA science data completed → a Calibration exists, following the
+/// ingestion's generation, unless the ASDM is marked not calibratable (see [`decide`]). VLA's
+/// is the rule `calibrate-ingested` (`rules/calibration.yaml`); ALMA's stays Rust because it
+/// reads the CalibrationMarks and may keep, note or withdraw a Calibration made before: a
+/// decision with else branches that a rule's response cannot hold.
 pub struct DeriveCalibration;
 
 #[async_trait]
@@ -108,14 +111,11 @@ async fn calibratability(key: &str, models: &Models) -> anyhow::Result<Calibrata
 /// asked for is withdrawn. A mark changes nothing else.
 async fn decide(obj: &Obj<Ingestion>, models: &Models) -> anyhow::Result<()> {
     let spec = &obj.spec;
-    if !spec.instrument.is_calibrated() || spec.product != Product::Sdm {
+    // VLA's Calibration is the rule `calibrate-ingested`; VLBA data is not calibrated.
+    if spec.instrument != Instrument::ALMA || spec.product != Product::Sdm {
         return Ok(());
     }
-    let mark = if spec.instrument == Instrument::ALMA {
-        calibratability(&obj.key, models).await?
-    } else {
-        Calibratability::Calibratable
-    };
+    let mark = calibratability(&obj.key, models).await?;
     let calibration = models
         .get::<Calibration>(&obj.key)
         .await?

@@ -184,6 +184,30 @@ async fn a_mark_for_an_asdm_never_reingested_is_put_once(backend: Backend) {
     assert_eq!(w.puts().len(), 1, "in sync: put once");
 }
 
+/// A mark someone else made (a rule names itself in `by`) is theirs: the source, whose query
+/// does not list that ASDM, leaves it marked; the archive is told once.
+async fn a_mark_made_by_a_rule_is_not_lifted_by_the_source(backend: Backend) {
+    let w = World::new(backend, |_| {}).await;
+    let mark = thalamus::steps::archive::CalibrationMark {
+        by: Some("rule:no-calibrator".into()),
+        ..thalamus::steps::archive::CalibrationMark::not_calibratable(X9, "no calibrator")
+    };
+    let key = format!("ALMA/{X9}");
+    w.engine.models().upsert(&key, &mark).await.unwrap();
+    w.settle().await;
+    w.settle().await;
+    assert_eq!(
+        w.puts(),
+        [format!("{X9} {}", not_calibratable("no calibrator"))]
+    );
+    let stored = w.row("CalibrationMark", &key).await.expect("the mark");
+    assert!(
+        !stored.spec.contains("calibratable\":true"),
+        "{}",
+        stored.spec
+    );
+}
+
 /// Defect 2: marking an ASDM that is already ingested and calibrated makes no new ingestion
 /// and keeps its Calibration; its status says the ASDM is now marked. Editing the reason, or
 /// a NULL reason, only tells the archive again.
@@ -781,6 +805,7 @@ async fn stored_keys_and_specs_are_migrated(backend: Backend) {
 }
 
 both_backends!(
+    a_mark_made_by_a_rule_is_not_lifted_by_the_source,
     many_bad_rows_are_named_ten_then_counted,
     marking_withdraws_a_calibration_never_requested,
     stored_keys_and_specs_are_migrated,

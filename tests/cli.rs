@@ -29,12 +29,22 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A working directory holding the repository's shipped config.yaml and model-deps.json.
+/// A working directory holding the repository's shipped config.yaml, model-deps.json and
+/// rules.
 fn shipped_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     for f in ["config.yaml", "model-deps.json"] {
         std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
+    }
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    for rules in std::fs::read_dir(root.join("rules")).unwrap() {
+        let rules = rules.unwrap().path();
+        std::fs::copy(
+            &rules,
+            dir.path().join("rules").join(rules.file_name().unwrap()),
+        )
+        .unwrap();
     }
     dir
 }

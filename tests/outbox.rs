@@ -27,6 +27,13 @@ use thalamus::store::OutboxRow;
 /// An engine with the shipped models, policies, event steps and announcers (ingestions wait
 /// for the archive's ingestion-complete), announcing on AMQP at `amqp` to this test's own
 /// exchanges; returns it and the exchanges' names (archive, status).
+/// The shipped rules file of the announcements (new-file, the level change).
+fn announcement_rules() -> thalamus::rules::RulesSettings {
+    thalamus::rules::RulesSettings {
+        paths: vec!["rules/announcements.yaml".into()],
+    }
+}
+
 async fn world(db: &TestDb, amqp: &str, holder: &str) -> (Engine, String, String) {
     let id = unique("outbox");
     let (archive, status) = (format!("{ARCHIVE}.{id}"), format!("{STATUS}.{id}"));
@@ -46,6 +53,8 @@ async fn world(db: &TestDb, amqp: &str, holder: &str) -> (Engine, String, String
         register(&mut registry, &s).unwrap();
     }
     registry.sync(WaitForArchive).unwrap();
+    // The shipped announcements that are rules: new-file, and the level change.
+    thalamus::rules::register(&mut registry, &announcement_rules()).unwrap();
     let deps = r#"{"Ingestion": [["Observation", "observation", "ingestions"]]}"#;
     let graph = DepGraph::parse("deps", deps, &registry.sync_kinds()).unwrap();
     let engine = Engine::new(
@@ -109,6 +118,7 @@ async fn every_announced_change_arrives_once(backend: Backend) {
     assert_eq!(relay(&engine).pass().await.unwrap().sent, 0);
     // The same upsert and the same event again announce nothing: nothing changed.
     engine.models().upsert(&obs.key(), &obs).await.unwrap();
+    engine.policy_pass().await.unwrap();
     engine
         .apply_event(&direct(ARCHIVE, complete(1), vec![]))
         .await
@@ -131,6 +141,7 @@ async fn a_broker_outage_loses_nothing_and_keeps_order(backend: Backend) {
         let obs = observation(n);
         engine.models().upsert(&obs.key(), &obs).await.unwrap();
     }
+    engine.policy_pass().await.unwrap(); // the new-file rule
     let pass = relay.pass().await.unwrap();
     assert_eq!(pass.sent, 0);
     assert!(pass.failed.is_some(), "the cut broker failed the pass");
@@ -235,6 +246,7 @@ async fn a_relay_killed_after_the_confirm_repeats_never_loses(backend: Backend) 
     let listener = Listener::on(&[&archive]).await;
     let obs = observation(7);
     engine.models().upsert(&obs.key(), &obs).await.unwrap();
+    engine.policy_pass().await.unwrap(); // the new-file rule
     let published = Gate::new();
     let dying: Arc<dyn Publisher> = Arc::new(DiesAfterConfirm {
         inner: AmqpPublisher::new(AMQP, "replica-a"),
@@ -356,6 +368,7 @@ async fn two_replicas_publish_each_row_once() {
         let obs = observation(n);
         a.models().upsert(&obs.key(), &obs).await.unwrap();
     }
+    a.policy_pass().await.unwrap(); // the new-file rule
     let (ra, rb) = (relay(&a), relay(&b));
     let (pa, pb) = tokio::join!(ra.pass(), rb.pass());
     let (pa, pb) = (pa.unwrap(), pb.unwrap());
@@ -390,6 +403,7 @@ async fn announcements_reach_kafka_keyed_by_model() {
     let mut registry = Registry::new();
     thalamus::steps::models::register(&mut registry, &s).unwrap();
     thalamus::steps::announcements::register(&mut registry, &s).unwrap();
+    thalamus::rules::register(&mut registry, &announcement_rules()).unwrap();
     let graph = DepGraph::parse("deps", "{}", &registry.sync_kinds()).unwrap();
     let engine = Engine::new(
         db.store().await,
@@ -402,6 +416,7 @@ async fn announcements_reach_kafka_keyed_by_model() {
         let obs = observation(n);
         engine.models().upsert(&obs.key(), &obs).await.unwrap();
     }
+    engine.policy_pass().await.unwrap(); // the new-file rule
     assert_eq!(relay(&engine).pass().await.unwrap().sent, 3);
     let consumer: StreamConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", KAFKA)

@@ -12,12 +12,13 @@ use common::workspaces_stub::{Fault, Route, Stub};
 
 fn config(dir: &Path, stub: &Stub) -> String {
     format!(
-        "model_deps: {deps}\ndatabase:\n  url: sqlite://{db}\n\
+        "model_deps: {deps}\nrules:\n  paths: [{rules}]\ndatabase:\n  url: sqlite://{db}\n\
          sources:\n  vla:\n    path: {sdm}\n    bdf_path: null\n    marker_file: DONE\n    poll_seconds: 1\n    settle_seconds: 1\n  vlba:\n    enabled: false\n\
          workspaces:\n  url: {ws}\n  timeout_seconds: 120\n  poll_seconds: 60\n\
          archive:\n  url: {ar}\n\
          api:\n  listen: 127.0.0.1:0\n",
         deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-deps.json").display(),
+        rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules").display(),
         db = dir.join("thalamus.db").display(),
         sdm = dir.join("sdm").display(),
         ws = stub.workspaces_url(),

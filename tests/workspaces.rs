@@ -128,6 +128,8 @@ async fn engine(db: &TestDb, s: &Settings, clock: &ManualClock) -> Engine {
     ] {
         register(&mut registry, s).unwrap();
     }
+    // The shipped rules (the Calibration of a completed ingestion is one).
+    thalamus::rules::register(&mut registry, &Default::default()).unwrap();
     let graph = DepGraph::parse("deps", DOMAIN_DEPS, &registry.sync_kinds()).unwrap();
     Engine::new(
         db.store().await,

@@ -28,6 +28,11 @@ struct TransportLabel {
     transport: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabel {
+    rule: String,
+}
+
 /// The OpenMetrics content type Prometheus negotiates.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -149,6 +154,30 @@ pub async fn metrics(State(api): State<Api>) -> Response {
         "Whether the transport's broker is connected",
         connected,
     );
+    let rule_counts = engine.rule_counts();
+    let names = [
+        (
+            "thalamus_rule_matched",
+            "Events a rule's condition was evaluated for",
+        ),
+        (
+            "thalamus_rule_fired",
+            "Times a rule's condition held and its responses were applied",
+        ),
+        (
+            "thalamus_rule_failed",
+            "Times a rule could not be evaluated or applied",
+        ),
+    ];
+    for (i, (name, help)) in names.into_iter().enumerate() {
+        let family = Family::<RuleLabel, Counter>::default();
+        for (rule, counts) in &rule_counts {
+            family
+                .get_or_create(&RuleLabel { rule: rule.clone() })
+                .inc_by(counts[i]);
+        }
+        registry.register(name, help, family);
+    }
     type Pick = fn(&super::overview::Consumer) -> u64;
     let counters: [(&str, &str, Pick); 5] = [
         ("thalamus_events_consumed", "Event messages consumed", |c| {

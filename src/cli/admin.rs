@@ -26,6 +26,7 @@ pub async fn run(settings: Settings, once: bool, migrate: bool) -> anyhow::Resul
     let (engine, _lock) = crate::app::engine(&settings, migrate).await?;
     info!(database = %url, holder = engine.holder(), "thalamus starting");
     let token = engine.shutdown_token();
+    tokio::spawn(reload_on_hangup(engine.clone()));
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("shutdown requested: finishing running steps");
@@ -87,6 +88,30 @@ fn summary(r: &OnceReport) -> String {
     )
 }
 
+/// SIGHUP reloads the rules: files that pass the checks replace the running rules; a refused
+/// file leaves them running, and the log says why.
+async fn reload_on_hangup(engine: crate::engine::Engine) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            for result in engine.registry.reload() {
+                match result {
+                    Ok(what) => info!("SIGHUP: rules reloaded: {what}"),
+                    Err(e) => {
+                        tracing::warn!("SIGHUP: rules refused, the running rules stay: {e:#}")
+                    }
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(engine);
+}
+
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
@@ -134,6 +159,7 @@ pub async fn check(settings: &Settings, strict: bool, format: Format) -> anyhow:
     let registry = crate::app::registry(settings)?;
     let graph = crate::app::graph(settings, &registry)?;
     let source_notes = check_sources(&registry).await?;
+    let rule_files = settings.rules.files()?;
     let warnings = run_time_warnings(settings).await;
     let sync_steps: Vec<String> = registry
         .sync_kinds()
@@ -150,6 +176,7 @@ pub async fn check(settings: &Settings, strict: bool, format: Format) -> anyhow:
             "policies": registry.policy_names(),
             "event_steps": registry.event_names(),
             "source_checks": &source_notes,
+            "rule_files": rule_files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),
             "warnings": &warnings,
         }))?;
     } else {
@@ -166,6 +193,7 @@ pub async fn check(settings: &Settings, strict: bool, format: Format) -> anyhow:
         outln!("pull steps: {}", list_or_none(registry.pull_names()));
         outln!("policies: {}", list_or_none(registry.policy_names()));
         outln!("event steps: {}", list_or_none(registry.event_names()));
+        outln!("rules: {} file(s) OK", rule_files.len());
         for note in &source_notes {
             outln!("{note}");
         }

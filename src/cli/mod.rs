@@ -6,6 +6,7 @@ mod dead_letters;
 mod inspect;
 mod outbox;
 mod output;
+mod rules;
 mod sources;
 
 use std::path::PathBuf;
@@ -117,6 +118,9 @@ pub enum Command {
     /// What thalamus announces downstream: list, show, send again.
     #[command(subcommand)]
     Outbox(outbox::Outbox),
+    /// The rules (Event → Condition → Response): list them, or test a message against them.
+    #[command(subcommand)]
+    Rules(rules::RulesCommand),
     /// Measure the controller against the limits of this machine, as ratios in one run.
     Bench(crate::bench::BenchArgs),
 }
@@ -207,5 +211,6 @@ async fn dispatch(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::DeadLetters(command) => dead_letters::run(settings, command).await,
         Command::Outbox(command) => outbox::run(settings, command).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Rules(command) => rules::run(settings, command),
     }
 }

@@ -159,6 +159,11 @@ impl Engine {
         self.reconciles.clone()
     }
 
+    /// Per rule: how often it matched, fired and failed (`/metrics`).
+    pub fn rule_counts(&self) -> Vec<(String, [u64; 3])> {
+        self.registry.rule_counts()
+    }
+
     /// How many steps may run at once (`sync.concurrency`).
     pub fn max_concurrent_reconciles(&self) -> usize {
         self.settings.sync.concurrency

@@ -107,6 +107,11 @@ impl Announcers {
         self.herald.announces() && self.by_kind.contains_key(kind)
     }
 
+    /// The rows `said` about `kind`/`key` becomes, as the herald says.
+    pub fn rows(&self, kind: &str, key: &str, said: Vec<Announcement>) -> Vec<NewOutboxRow> {
+        self.herald.rows(kind, key, said)
+    }
+
     /// The rows a new or changed spec of `kind`/`key` announces.
     pub fn on_spec(
         &self,

@@ -103,19 +103,29 @@ impl Models {
         &self,
         values: Vec<(String, serde_json::Value)>,
     ) -> anyhow::Result<Vec<SpecChange>> {
+        self.upsert_kind(M::KIND, values).await
+    }
+
+    /// Upserts serialised specs of `kind` (its name), announcing as its announcers say: for
+    /// specs built from data (rules), checked against the kind's type beforehand.
+    pub(crate) async fn upsert_kind(
+        &self,
+        kind: &str,
+        values: Vec<(String, serde_json::Value)>,
+    ) -> anyhow::Result<Vec<SpecChange>> {
         // What each item announces if it turns out new or changed (the store writes it only
         // then, in the same transaction).
-        let announce = if self.announcers.announces(M::KIND) {
+        let announce = if self.announcers.announces(kind) {
             values
                 .iter()
-                .map(|(key, spec)| self.announcers.on_spec(M::KIND, key, spec))
+                .map(|(key, spec)| self.announcers.on_spec(kind, key, spec))
                 .collect::<anyhow::Result<Vec<_>>>()?
         } else {
             Vec::new()
         };
         let changes = self
             .store
-            .upsert_announcing(M::KIND, &values, &announce, self.now_ms())
+            .upsert_announcing(kind, &values, &announce, self.now_ms())
             .await?;
         if announce.iter().any(|rows| !rows.is_empty()) {
             self.announcers.written.notify_one();
@@ -259,6 +269,32 @@ impl Models {
     pub async fn with_request_ids<M: Model>(&self, ids: &[i64]) -> anyhow::Result<Vec<Obj<M>>> {
         let rows = self.store.find_by_request_ids(&[M::KIND], ids).await?;
         rows.iter().map(typed).collect()
+    }
+
+    /// The store itself, for what rules do by kind name (their JSON is checked first).
+    pub(crate) fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Writes what `said` announces about `kind`/`key` to the outbox, once per `firing`: a
+    /// firing already recorded writes nothing (a redelivered message, a policy run again).
+    /// Returns whether it wrote.
+    pub(crate) async fn publish_once(
+        &self,
+        firing: &str,
+        kind: &str,
+        key: &str,
+        said: Vec<Announcement>,
+    ) -> anyhow::Result<bool> {
+        let rows = self.announcers.rows(kind, key, said);
+        let wrote = self
+            .store
+            .publish_once(firing, &rows, self.now_ms())
+            .await?;
+        if wrote && !rows.is_empty() {
+            self.announcers.written.notify_one();
+        }
+        Ok(wrote)
     }
 
     /// Asks the sync loop to look at an object now (never shortening a failure's backoff).

@@ -13,7 +13,8 @@ pub use announce::Announcer;
 pub(crate) use announce::Announcers;
 pub use context::{Models, StepContext, Undecodable};
 pub use model::{Link, Model, Obj};
-pub use registry::{Registry, SyncKind};
+pub(crate) use registry::DynPolicy;
+pub use registry::{KindCheck, Registry, SyncKind};
 pub use traits::{
     handle_each, Event, EventError, EventOutcome, EventStep, ModelPolicy, Progress, PullReport,
     PullStep, StepError, StepResult, SyncStep, Transport,

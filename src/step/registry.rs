@@ -18,7 +18,17 @@ pub struct Registry {
     pub(crate) policies: BTreeMap<String, Vec<Arc<dyn DynPolicy>>>,
     pub(crate) events: Vec<Arc<dyn EventStep>>,
     pub(crate) announcers: super::Announcers,
+    /// Every kind a step, policy or announcer names, with its decoders (rules check the JSON
+    /// they build against them).
+    pub(crate) kinds: BTreeMap<&'static str, KindCheck>,
+    /// What `reload` runs (the rules, on SIGHUP).
+    pub(crate) reloaders: Vec<Arc<dyn Fn() -> anyhow::Result<String> + Send + Sync>>,
+    /// Per-rule counters for the operator surface (the rules register it).
+    pub(crate) rule_counts: Option<Arc<RuleCountsFn>>,
 }
+
+/// Per rule: how often it matched an event, fired, and failed.
+pub type RuleCountsFn = dyn Fn() -> Vec<(String, [u64; 3])> + Send + Sync;
 
 impl Registry {
     /// An empty registry (tests register their own steps).
@@ -34,6 +44,7 @@ impl Registry {
         }
         self.sync
             .insert(kind.to_string(), Arc::new(TypedSync(step)));
+        self.kinds.insert(kind, KindCheck::of::<S::Model>());
         Ok(self)
     }
 
@@ -46,6 +57,8 @@ impl Registry {
     /// Registers a policy for its model's kind (several may share a kind).
     pub fn policy<P: ModelPolicy>(&mut self, policy: P) -> &mut Self {
         let kind = <P::Model as Model>::KIND.to_string();
+        self.kinds
+            .insert(<P::Model as Model>::KIND, KindCheck::of::<P::Model>());
         self.policies
             .entry(kind)
             .or_default()
@@ -63,6 +76,48 @@ impl Registry {
     pub fn announcer<A: super::Announcer>(&mut self, announcer: A) -> &mut Self {
         self.announcers.add(announcer);
         self
+    }
+
+    /// Registers a policy for `kind` by name, for policies built from data (rules).
+    pub(crate) fn dyn_policy(&mut self, kind: &str, policy: Arc<dyn DynPolicy>) -> &mut Self {
+        self.policies
+            .entry(kind.to_string())
+            .or_default()
+            .push(policy);
+        self
+    }
+
+    /// Runs `reload` on [`Registry::reload`] (what SIGHUP asks for).
+    pub fn on_reload(
+        &mut self,
+        reload: impl Fn() -> anyhow::Result<String> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.reloaders.push(Arc::new(reload));
+        self
+    }
+
+    /// Where the per-rule counters (matched, fired, failed) are read, for `/metrics`.
+    pub fn on_rule_counts(
+        &mut self,
+        counts: impl Fn() -> Vec<(String, [u64; 3])> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.rule_counts = Some(Arc::new(counts));
+        self
+    }
+
+    /// The per-rule counters (matched, fired, failed), by rule name; none without rules.
+    pub fn rule_counts(&self) -> Vec<(String, [u64; 3])> {
+        self.rule_counts.as_ref().map(|f| f()).unwrap_or_default()
+    }
+
+    /// Reloads what can be reloaded (the rules): what each reloader said, or why it refused.
+    pub fn reload(&self) -> Vec<anyhow::Result<String>> {
+        self.reloaders.iter().map(|r| r()).collect()
+    }
+
+    /// Every kind the registered steps name, with its decoders.
+    pub fn kinds(&self) -> BTreeMap<&'static str, KindCheck> {
+        self.kinds.clone()
     }
 
     /// Kinds that have a sync step, each with the links its model declares, by name.
@@ -86,6 +141,35 @@ impl Registry {
     /// Names of the registered event steps.
     pub fn event_names(&self) -> Vec<String> {
         self.events.iter().map(|e| e.name().to_string()).collect()
+    }
+}
+
+/// Decodes JSON as one kind's spec or status, saying why it is not one.
+#[derive(Debug, Clone, Copy)]
+pub struct KindCheck {
+    /// Checks a spec.
+    pub spec: fn(&serde_json::Value) -> Result<(), String>,
+    /// Checks a status.
+    pub status: fn(&serde_json::Value) -> Result<(), String>,
+}
+
+impl KindCheck {
+    /// Model `M`'s decoders.
+    pub fn of<M: Model>() -> Self {
+        fn spec<M: Model>(v: &serde_json::Value) -> Result<(), String> {
+            serde_json::from_value::<M>(v.clone())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        fn status<M: Model>(v: &serde_json::Value) -> Result<(), String> {
+            serde_json::from_value::<M::Status>(v.clone())
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        Self {
+            spec: spec::<M>,
+            status: status::<M>,
+        }
     }
 }
 

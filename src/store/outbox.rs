@@ -78,6 +78,33 @@ macro_rules! insert_outbox {
 pub(crate) use insert_outbox;
 
 impl Store {
+    /// Records `firing` and writes `rows` in one transaction, unless `firing` was recorded
+    /// already; returns whether it was new.
+    pub async fn publish_once(
+        &self,
+        firing: &str,
+        rows: &[NewOutboxRow],
+        now: i64,
+    ) -> Result<bool> {
+        with_pool!(&self.db, pool => {
+            let mut tx = pool.begin().await?;
+            let new = sqlx::query(
+                "INSERT INTO rule_firings (firing, fired_at) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(firing)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if new {
+                insert_outbox!(tx, rows.iter(), now);
+            }
+            tx.commit().await?;
+            Ok(new)
+        })
+    }
+
     /// Takes (or keeps) the relay's lease for `holder` until `until`, if nobody else holds a
     /// live one at `now`; returns whether `holder` is the relay now.
     pub async fn take_relay(&self, holder: &str, now: i64, until: i64) -> Result<bool> {

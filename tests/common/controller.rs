@@ -24,6 +24,7 @@ pub fn settings(dir: &Path, db_url: &str, stub: &Stub) -> Settings {
     let mut s = Settings::default();
     s.database.url = db_url.to_string();
     s.model_deps = Path::new(env!("CARGO_MANIFEST_DIR")).join("model-deps.json");
+    s.rules.paths = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("rules")];
     s.sources.vla.path = dir.join("sdm");
     s.sources.vla.bdf_path = None;
     s.sources.vla.marker_file = Some("DONE".into());

@@ -167,6 +167,8 @@ async fn engine(db: &TestDb, s: &Settings, clock: &ManualClock) -> Engine {
     }
     registry.sync(IngestNow).unwrap();
     registry.sync(CalibrateNow).unwrap();
+    // The shipped rules (the Calibration of a completed ingestion is one).
+    thalamus::rules::register(&mut registry, &s.rules).unwrap();
     let graph = DepGraph::parse("deps", DOMAIN_DEPS, &registry.sync_kinds()).unwrap();
     Engine::new(
         db.store().await,

@@ -75,6 +75,8 @@ impl World {
         thalamus::steps::events::register(&mut registry, &s).unwrap();
         registry.sync(FakeIngest).unwrap();
         registry.sync(FakeCalibrate).unwrap();
+        // The shipped rules (the Calibration of a completed ingestion is one).
+        thalamus::rules::register(&mut registry, &Default::default()).unwrap();
         let graph = DepGraph::parse("deps", DEPS, &registry.sync_kinds()).unwrap();
         let engine = Engine::new(
             db.store().await,
