@@ -190,3 +190,48 @@ async fn a_consumer_hears_every_announcement_in_order_across_a_cut_and_a_sigkill
     );
     second.kill();
 }
+
+/// With no events at all (the default), Workspaces' answers to thalamus's own polls are what
+/// completes a request: that path announces too, in the transaction that records the
+/// outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_found_by_polling_workspaces_are_announced() {
+    let stub = Stub::start().await;
+    stub.auto_complete(true);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let db = format!("sqlite://{}", d.join("thalamus.db").display());
+    let mut s = settings(d, &db, &stub);
+    s.workspaces.poll_seconds = 1;
+    let id = common::brokers::unique("outbox-polled");
+    let archive = format!("{ARCHIVE}.{id}");
+    s.outbox.amqp.enabled = true;
+    s.outbox.amqp.url = common::brokers::AMQP.into();
+    s.outbox.aliases.insert(ARCHIVE.into(), archive.clone());
+    let config = write_config(d, "config", &s);
+    let listener = Listener::on(&[&archive]).await;
+    let mut controller = Controller::spawn(&config, d, "run", &[]);
+    add_dataset(d, NAME);
+    eventually("calibration-complete", || async {
+        kinds(&listener).len() >= 3
+    })
+    .await;
+    assert_eq!(
+        kinds(&listener),
+        ["new-file", "ingestion-complete", "calibration-complete"],
+        "{}",
+        controller.tail(20)
+    );
+    let heard: Vec<_> = listener.heard();
+    let ingested = heard
+        .iter()
+        .find(|h| h.kind() == "ingestion-complete")
+        .unwrap();
+    assert_eq!(ingested.body["key"], format!("VLA/{NAME}"));
+    assert_eq!(
+        ingested.body["external_id"],
+        format!("Ingestion/VLA/{NAME}@1")
+    );
+    assert_eq!(ingested.body["state"], "Complete");
+    controller.kill();
+}

@@ -4,7 +4,7 @@
 //! spec, a deletion).
 
 use super::executions::{InsertExecutions as _, NewExecution, Outcome};
-use super::outbox::NewOutboxRow;
+use super::outbox::{insert_outbox, NewOutboxRow};
 use super::statement::{Param, Statement};
 use super::{with_pool, BeginWrite, Result, Store};
 
@@ -222,6 +222,10 @@ macro_rules! settle_one {
                         .await?;
                     false
                 } else {
+                    // What the applied outcome announces goes out with it, in this
+                    // transaction: never the message without the change, nor the change
+                    // without the message.
+                    insert_outbox!($tx, r.announce.iter(), $now);
                     if r.has_dependents && matches!(r.settled, Settled::Synced) {
                         sqlx::query(WAKE_DEPENDENTS_SQL)
                             .bind($now)
