@@ -700,7 +700,47 @@ async fn status_event_racing_the_poll_of_its_request(backend: Backend) {
     assert_eq!(creates(&w.stub).len(), 2, "one ingestion, one calibration");
 }
 
+/// Workspaces unreachable, the Ingestion in backoff; the archive says the observation is
+/// ingested. When the backoff ends the step asks Workspaces nothing: the ingestion is done,
+/// and its calibration follows.
+async fn an_ingestion_the_archive_completed_during_a_backoff_is_not_requested(backend: Backend) {
+    let w = World::new(backend, |_| {}).await;
+    w.stub.fault(Route::List, Fault::Fail(503, "down\n"));
+    let key = w.observe("24A-001.sb1.eb1").await;
+    w.once().await;
+    assert!(w.row("Ingestion", &key).await.last_error.is_some());
+    let event = Event {
+        transport: Transport::Direct,
+        topic: "archive.events".into(),
+        routing_key: None,
+        payload: br#"{"application":"ingestion","type":"ingestion-complete","instrument":"VLA","name":"24A-001.sb1.eb1"}"#
+            .to_vec(),
+        headers: vec![],
+        position: "test".into(),
+    };
+    let applied = w.engine.apply_event(&event).await.unwrap();
+    assert!(matches!(applied, EventReport::Applied(_)), "{applied:?}");
+    w.when_due("Ingestion", &key).await;
+    assert_eq!(w.row("Ingestion", &key).await.enacted, 1);
+    let ingestions: Vec<_> = creates(&w.stub)
+        .into_iter()
+        .filter(|c| c.to_string().contains("Ingestion/"))
+        .collect();
+    assert!(
+        ingestions.is_empty(),
+        "nothing ingested twice: {ingestions:?}"
+    );
+    assert!(w
+        .engine
+        .store()
+        .get("Calibration", &key)
+        .await
+        .unwrap()
+        .is_some());
+}
+
 both_backends!(
+    an_ingestion_the_archive_completed_during_a_backoff_is_not_requested,
     status_event_racing_the_poll_of_its_request,
     vla_observation_yields_one_ingestion_then_one_calibration,
     create_answered_with_500_after_creating,

@@ -79,6 +79,11 @@ impl Requests {
         let external_id = &external_id(M::KIND, &obj.key, obj.generation);
         let generation = obj.generation;
         let status = request(&mut obj.status);
+        // Known done for this generation (the archive said `ingestion-complete`, say, while
+        // Workspaces could not be reached): nothing is asked of Workspaces again.
+        if status.completed_generation == Some(generation) {
+            return Ok(Progress::Done);
+        }
         let service = target.service();
         let mut follows = None;
         if status.external_id.as_deref() != Some(external_id) {
