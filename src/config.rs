@@ -142,7 +142,14 @@ impl Settings {
             .and_then(Self::from_sections)
             .map_err(|e| blame_environment(e, &names))?;
         settings.validate()?;
-        let file = file.or(overlay).or(Some(Path::new(DEFAULT_CONFIG_FILE)));
+        // Relative paths follow the main config file (the overlay only overrides values): the
+        // one given, else `config.yaml` here, else the overlay when it is the only file.
+        let default = Path::new(DEFAULT_CONFIG_FILE);
+        let file = match file {
+            Some(path) => Some(path),
+            None if default.exists() || overlay.is_none() => Some(default),
+            None => overlay,
+        };
         if let Some(dir) = file
             .and_then(Path::parent)
             .filter(|d| !d.as_os_str().is_empty())
@@ -152,10 +159,14 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Makes relative paths (`model_deps`, a SQLite file, the sources' directories) relative
+    /// Makes relative paths (`model_deps`, `rules.paths`, a SQLite file, the sources'
+    /// directories) relative
     /// to `base`, the config file's directory, not to wherever the command runs.
     pub fn resolve_paths(&mut self, base: &Path) {
         self.model_deps = base.join(&self.model_deps);
+        for path in &mut self.rules.paths {
+            *path = base.join(&*path);
+        }
         self.database.resolve_path(base);
         self.steps.resolve_paths(base);
     }

@@ -50,6 +50,16 @@ fn shipped_dir() -> tempfile::TempDir {
     for f in ["config.yaml", "model-deps.json"] {
         std::fs::copy(root.join(f), dir.path().join(f)).unwrap();
     }
+    // The rules ship beside config.yaml too.
+    std::fs::create_dir(dir.path().join("rules")).unwrap();
+    for rule in std::fs::read_dir(root.join("rules")).unwrap() {
+        let rule = rule.unwrap().path();
+        std::fs::copy(
+            &rule,
+            dir.path().join("rules").join(rule.file_name().unwrap()),
+        )
+        .unwrap();
+    }
     dir
 }
 
@@ -316,6 +326,24 @@ fn relative_paths_in_a_config_file_mean_its_directory() {
         "{}",
         stdout(&out)
     );
+    assert!(
+        stdout(&out).contains("rules: 2 file(s) OK"),
+        "{}",
+        stdout(&out)
+    );
+    // An overlay elsewhere overrides values; the paths still follow the main file.
+    let overlay = elsewhere.path().join("overlay.yaml");
+    std::fs::write(&overlay, "log:\n  level: warn\n").unwrap();
+    let overlay = overlay.to_str().unwrap();
+    let out = thalamus(
+        elsewhere.path(),
+        &["--config", config, "--overlay", overlay, "status"],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "no objects yet\n");
+    let out = thalamus(home.path(), &["--overlay", overlay, "status"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "no objects yet\n");
 }
 
 #[tokio::test]

@@ -95,6 +95,17 @@ impl Tree {
     fn config(&self, backend: Backend, url: &str, workspaces: &str) -> anyhow::Result<PathBuf> {
         let deps = self.root.join("model-deps.json");
         std::fs::write(&deps, include_str!("../../model-deps.json"))?;
+        // The shipped rules, beside the config as an installation has them.
+        let rules = self.root.join("rules");
+        std::fs::create_dir_all(&rules)?;
+        std::fs::write(
+            rules.join("announcements.yaml"),
+            include_str!("../../rules/announcements.yaml"),
+        )?;
+        std::fs::write(
+            rules.join("calibration.yaml"),
+            include_str!("../../rules/calibration.yaml"),
+        )?;
         let q = |p: &Path| serde_json::to_string(&p.display().to_string());
         let text = format!(
             "database: {{url: {url}}}\n\

@@ -42,6 +42,8 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
     let scratch = Scratch::new(Backend::Sqlite, &args.scratch(), &args.pg_url).await?;
     let settle = 1u64;
     let mut settings = Settings::default();
+    // File → request needs no rule (and the bench may run anywhere, away from `rules/`).
+    settings.rules.paths.clear();
     settings.database.url = scratch.url.clone();
     settings.sources.vla.path = root.join("sdm");
     settings.sources.vla.bdf_path = None;

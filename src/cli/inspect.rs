@@ -23,7 +23,11 @@ async fn open(settings: &Settings) -> anyhow::Result<Store> {
 /// The kinds thalamus knows: those with a sync step in this build, and those in the store.
 async fn kinds(settings: &Settings, store: &Store) -> anyhow::Result<Vec<String>> {
     let mut kinds = store.kinds().await?;
-    if let Ok(registry) = crate::app::registry(settings) {
+    // The steps name the kinds; the rules add none (and a missing rules file must not hide
+    // a kind from a read command).
+    let mut steps_only = settings.clone();
+    steps_only.rules.paths.clear();
+    if let Ok(registry) = crate::app::registry(&steps_only) {
         kinds.extend(registry.sync_kinds().iter().map(|k| k.to_string()));
     }
     kinds.sort();
