@@ -102,7 +102,7 @@ async fn list_filters_and_pages(backend: Backend) {
         keys_of(&p2),
         (20..30).map(|i| format!("p{i}")).collect::<Vec<_>>()
     );
-    let (_, none) = get(&format!("{base}/api/v1/models?kind=Nothing")).await;
+    let (_, none) = get(&format!("{base}/api/v1/models?kind=Parent&prefix=nothing")).await;
     assert_eq!(keys_of(&none), Vec::<String>::new());
 
     // Pages of 7, with rows inserted between pages before and after the cursor: every row
@@ -309,6 +309,27 @@ async fn mutations_need_the_token(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
+    // As the CLI: no filter purges nothing; `all=true` must be said.
+    let r = client()
+        .delete(format!("{base}/api/v1/dead-letters"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["parameter"], "older_than_days", "{body}");
+    let r = client()
+        .delete(format!("{base}/api/v1/dead-letters?all=true"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    // A kind that is not one is a 400 naming `kind`, not an empty table.
+    let (status, body) = get(&format!("{base}/api/v1/models?kind=Nope")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["parameter"], "kind", "{body}");
 }
 
 async fn the_page_escapes_a_hostile_key(backend: Backend) {

@@ -26,6 +26,23 @@ pub fn page_filter(params: &Params, default_limit: i64) -> Result<PageFilter, Ap
     })
 }
 
+/// A 400 naming `kind` when it is not a kind the steps or the store know (a typo would
+/// otherwise look like an empty table).
+pub async fn known_kind(api: &Api, kind: Option<&str>) -> Result<(), ApiError> {
+    let Some(kind) = kind else { return Ok(()) };
+    let mut kinds = api.engine.store().kinds().await?;
+    kinds.extend(api.engine.graph().sync_order().iter().cloned());
+    if kinds.iter().any(|k| k == kind) {
+        return Ok(());
+    }
+    kinds.sort();
+    kinds.dedup();
+    Err(ApiError::bad_param(
+        "kind",
+        format!("{kind:?} is not a kind (kinds: {})", kinds.join(", ")),
+    ))
+}
+
 /// Models, filtered by kind, state and key prefix, ordered by (kind, key), a page at a time.
 #[utoipa::path(get, path = "/api/v1/models", tag = "models",
     params(
@@ -42,6 +59,7 @@ pub fn page_filter(params: &Params, default_limit: i64) -> Result<PageFilter, Ap
 pub async fn list(State(api): State<Api>, uri: Uri) -> Result<Json<ModelPage>, ApiError> {
     let params = Params::parse(&uri, &["kind", "state", "prefix", "cursor", "limit"])?;
     let filter = page_filter(&params, 100)?;
+    known_kind(&api, filter.kind.as_deref()).await?;
     Ok(Json(views::page(api.engine.store(), filter).await?))
 }
 

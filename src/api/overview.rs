@@ -323,9 +323,12 @@ pub async fn replay(
     }
 }
 
-/// Purges dead letters, all or those older than `older_than_days`.
+/// Purges dead letters older than `older_than_days`, or all of them with `all=true`.
 #[utoipa::path(delete, path = "/api/v1/dead-letters", tag = "dead letters",
-    params(("older_than_days" = Option<i64>, Query, description = "Only those older than this")),
+    params(
+        ("older_than_days" = Option<i64>, Query, description = "Only those older than this"),
+        ("all" = Option<bool>, Query, description = "`true`: every dead letter (one of the two is required)"),
+    ),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Purged", body = Done),
@@ -339,12 +342,26 @@ pub async fn purge(
     uri: Uri,
 ) -> Result<Json<Done>, ApiError> {
     api.authorize(&headers)?;
-    let params = Params::parse(&uri, &["older_than_days"])?;
-    let before = match params.get("older_than_days") {
-        None => i64::MAX,
-        Some(_) => {
+    let params = Params::parse(&uri, &["older_than_days", "all"])?;
+    // As the CLI: a filter, or `all=true` said out loud; never everything by default.
+    let before = match (params.get("older_than_days"), params.get("all")) {
+        (Some(_), None) => {
             let days = params.int("older_than_days", 0, 0, 100_000)?;
             api.engine.now_ms() - days * 86_400_000
+        }
+        (None, Some("true")) => i64::MAX,
+        (None, Some(_)) => return Err(ApiError::bad_param("all", "must be true")),
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_param(
+                "all",
+                "give older_than_days or all=true, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(ApiError::bad_param(
+                "older_than_days",
+                "required (or all=true to purge every dead letter)",
+            ))
         }
     };
     let n = api.engine.store().purge_dead_letters(before).await?;

@@ -212,6 +212,7 @@ pub async fn models(State(api): State<Api>, uri: Uri) -> Response {
 async fn models_body(api: &Api, uri: &Uri) -> Result<Markup, ApiError> {
     let params = Params::parse(uri, &["kind", "state", "prefix", "cursor", "limit"])?;
     let filter = page_filter(&params, 50)?;
+    super::models::known_kind(api, filter.kind.as_deref()).await?;
     let kinds = api.engine.store().kinds().await?;
     let kind = filter.kind.clone().unwrap_or_default();
     let state = filter.state.map(|s| s.as_str()).unwrap_or("");
