@@ -673,7 +673,11 @@ async fn check_validates_the_queries_columns() {
     let deps = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("model-deps.json");
     std::fs::write(
         config.path(),
-        format!("log:\n  level: warn\nmodel_deps: {}\n", deps.display()),
+        format!(
+            "log:\n  level: warn\nmodel_deps: {}\nrules:\n  paths: [{}]\n",
+            deps.display(),
+            deps.with_file_name("rules").display()
+        ),
     )
     .unwrap();
     let check = |url: &str, asdm_query: &str| {

@@ -391,6 +391,15 @@ async fn get_of_a_known_kind_without_objects_is_empty_not_an_error() {
     assert_eq!(stdout(&out), "no CalibrationMark objects\n");
     let out = thalamus(d, &["get", "CalibrationMark", "-o", "json"]);
     assert_eq!(stdout(&out), "[]\n");
+    // A key asked for by name that does not exist is an error, after the others print.
+    let out = thalamus(d, &["get", "Parent", "good", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("good"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("Parent not found: nosuch"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[tokio::test]

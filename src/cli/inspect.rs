@@ -225,14 +225,36 @@ pub async fn get(
     if rows.is_empty() {
         known_kind(settings, &store, &kind).await?;
     }
+    // Keys asked for by name that do not exist are an error (exit 1), after the rest print.
+    let missing: Vec<&String> = match state {
+        Some(_) => Vec::new(),
+        None => keys
+            .iter()
+            .filter(|k| !rows.iter().any(|r| &r.key == *k))
+            .collect(),
+    };
+    let not_found = || {
+        let list: Vec<&str> = missing.iter().map(|k| k.as_str()).collect();
+        anyhow::anyhow!(
+            "{kind} not found: {} (keys carry the instrument, e.g. VLA/<name>)",
+            list.join(", ")
+        )
+    };
     if format == Format::Json {
-        return print_json(&rows);
+        print_json(&rows)?;
+        return if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(not_found())
+        };
     }
     if rows.is_empty() {
         if keys.is_empty() && state.is_none() {
             outln!("no {kind} objects");
-        } else {
+        } else if missing.is_empty() {
             outln!("no {kind} objects match");
+        } else {
+            return Err(not_found());
         }
         return Ok(());
     }
@@ -261,6 +283,9 @@ pub async fn get(
         crate::telemetry::say(&format!(
             "(showing the first {limit}; use --limit for more)"
         ));
+    }
+    if !missing.is_empty() {
+        return Err(not_found());
     }
     Ok(())
 }

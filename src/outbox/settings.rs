@@ -112,9 +112,47 @@ impl OutboxSettings {
                 "must name at least one broker".into(),
             ));
         }
+        if let Some((from, _)) = self
+            .aliases
+            .iter()
+            .find(|(f, to)| f.trim().is_empty() || to.trim().is_empty())
+        {
+            return Err((
+                "outbox.aliases",
+                format!(
+                    "maps {from:?} to an empty name (or from one): say which exchange or topic"
+                ),
+            ));
+        }
         if self.batch == 0 {
             return Err(("outbox.batch", "must be at least 1".into()));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alias_to_an_empty_name_is_refused_by_key() {
+        let mut s = OutboxSettings::default();
+        s.aliases.insert("archive.events".into(), " ".into());
+        let (key, why) = s.validate().unwrap_err();
+        assert_eq!(key, "outbox.aliases");
+        assert!(why.contains("\"archive.events\""), "{why}");
+        s.aliases
+            .insert("archive.events".into(), "site.events".into());
+        assert!(s.validate().is_ok());
+    }
+
+    #[test]
+    fn an_unknown_message_type_is_refused() {
+        let s = OutboxSettings {
+            announce: vec!["bogus-type".into()],
+            ..Default::default()
+        };
+        assert_eq!(s.validate().unwrap_err().0, "outbox.announce");
     }
 }
