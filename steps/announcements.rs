@@ -4,7 +4,7 @@
 //! with the change, in one transaction. The protocol change (`new-file`) and the level change
 //! (workflow status re-said as capability status) are rules: `rules/announcements.yaml`.
 
-use super::models::{Calibration, Ingestion, RequestStatus};
+use super::models::{Calibration, Ingestion, Instrument, RequestStatus};
 use crate::steps::prelude::*;
 
 /// The archive's event exchange, where thalamus says what it learned.
@@ -59,65 +59,53 @@ fn request_ended(
     }
 }
 
-/// An Ingestion's request ended: ingested (calibrate it), or failed.
-struct IngestionEnded;
+/// A model whose Workspaces request's end is announced.
+trait Requested: Model {
+    /// The message type of its request completing.
+    const COMPLETE: &'static str;
+    /// The observation's name, and its instrument.
+    fn what(&self) -> (&str, Instrument);
+    /// The request its status tracks.
+    fn request(status: &Self::Status) -> &RequestStatus;
+}
 
-impl Announcer for IngestionEnded {
-    type Model = Ingestion;
-
-    fn on_status(
-        &self,
-        key: &str,
-        spec: &Ingestion,
-        before: &<Ingestion as Model>::Status,
-        after: &<Ingestion as Model>::Status,
-    ) -> Vec<Announcement> {
-        ended(&before.request, &after.request)
-            .map(|state| {
-                let kind = Ingestion::KIND;
-                let (name, instrument) = (&spec.name, spec.instrument);
-                request_ended(
-                    kind,
-                    "ingestion-complete",
-                    key,
-                    name,
-                    instrument,
-                    &after.request,
-                    state,
-                )
-            })
-            .into_iter()
-            .collect()
+impl Requested for Ingestion {
+    const COMPLETE: &'static str = "ingestion-complete";
+    fn what(&self) -> (&str, Instrument) {
+        (&self.name, self.instrument)
+    }
+    fn request(status: &Self::Status) -> &RequestStatus {
+        &status.request
     }
 }
 
-/// A Calibration's request ended: calibrated, or failed.
-struct CalibrationEnded;
+impl Requested for Calibration {
+    const COMPLETE: &'static str = "calibration-complete";
+    fn what(&self) -> (&str, Instrument) {
+        (&self.name, self.instrument)
+    }
+    fn request(status: &Self::Status) -> &RequestStatus {
+        &status.request
+    }
+}
 
-impl Announcer for CalibrationEnded {
-    type Model = Calibration;
+/// The request of an Ingestion (ingested: calibrate it) or a Calibration ended, or failed.
+struct RequestEnded<M>(std::marker::PhantomData<fn() -> M>);
+
+impl<M: Requested> Announcer for RequestEnded<M> {
+    type Model = M;
 
     fn on_status(
         &self,
         key: &str,
-        spec: &Calibration,
-        before: &<Calibration as Model>::Status,
-        after: &<Calibration as Model>::Status,
+        spec: &M,
+        before: &M::Status,
+        after: &M::Status,
     ) -> Vec<Announcement> {
-        ended(&before.request, &after.request)
-            .map(|state| {
-                let kind = Calibration::KIND;
-                let (name, instrument) = (&spec.name, spec.instrument);
-                request_ended(
-                    kind,
-                    "calibration-complete",
-                    key,
-                    name,
-                    instrument,
-                    &after.request,
-                    state,
-                )
-            })
+        let (name, instrument) = spec.what();
+        let request = M::request(after);
+        ended(M::request(before), request)
+            .map(|state| request_ended(M::KIND, M::COMPLETE, key, name, instrument, request, state))
             .into_iter()
             .collect()
     }
@@ -126,7 +114,7 @@ impl Announcer for CalibrationEnded {
 /// Registers the announcers (they say nothing unless `outbox.*` enables a transport).
 pub fn register(registry: &mut Registry, _settings: &Settings) -> anyhow::Result<()> {
     registry
-        .announcer(IngestionEnded)
-        .announcer(CalibrationEnded);
+        .announcer(RequestEnded::<Ingestion>(Default::default()))
+        .announcer(RequestEnded::<Calibration>(Default::default()));
     Ok(())
 }
