@@ -71,12 +71,10 @@ pub async fn metrics(State(api): State<Api>) -> Response {
     match views::counts(engine.store()).await {
         Ok(counts) => {
             outbox_waiting.set(counts.outbox_waiting);
-            if let Ok(depth) = engine.store().outbox_depth().await {
-                let age = depth
-                    .oldest
-                    .map_or(0, |t| engine.now_ms().saturating_sub(t));
-                outbox_age.set(age as f64 / 1000.0);
-            }
+            let age = counts
+                .oldest_outbox_ms
+                .map_or(0, |t| engine.now_ms().saturating_sub(t));
+            outbox_age.set(age as f64 / 1000.0);
             for k in &counts.kinds {
                 for state in ModelState::ALL {
                     models

@@ -213,6 +213,9 @@ pub struct Counts {
     /// Announcements waiting in the outbox, and when the oldest was written (RFC 3339).
     pub outbox_waiting: i64,
     pub oldest_outbox: Option<String>,
+    /// The same, in epoch ms (for `/metrics`' age gauge; not in the JSON).
+    #[serde(skip)]
+    pub oldest_outbox_ms: Option<i64>,
     /// Each source's health (as `thalamus status` shows it).
     #[schema(value_type = Vec<Object>)]
     pub sources: Vec<crate::store::SourceHealth>,
@@ -247,6 +250,7 @@ pub async fn counts(store: &Store) -> Result<Counts, ApiError> {
         oldest_dead_letter: letters.oldest.map(crate::clock::format_ms),
         outbox_waiting: outbox.unsent,
         oldest_outbox: outbox.oldest.map(crate::clock::format_ms),
+        oldest_outbox_ms: outbox.oldest,
         sources: store.source_health().await?,
     })
 }
