@@ -87,6 +87,22 @@ fn check_refuses_an_unknown_field_naming_file_rule_and_line() {
 }
 
 #[test]
+fn check_refuses_a_transition_to_an_unknown_state_or_to_the_state_it_left() {
+    let rule = |transition: &str| {
+        format!(
+            "rules:\n  - name: t\n    event:\n      model:\n        kind: Ingestion\n{transition}\n    responses:\n      - retry: {{kind: Ingestion, key: model.key}}\n"
+        )
+    };
+    let why = refusal(&rule("        to: done"));
+    assert!(why.contains(":6: rule t: to takes ok, pending"), "{why}");
+    let why = refusal(&rule("        from: ok\n        to: ok"));
+    assert!(why.contains(":7: rule t: from and to are both ok"), "{why}");
+    let ok = rule("        from: [pending, backoff]\n        to: error");
+    let set = RuleSet::compile(&[(Path::new("t.yaml"), ok.as_str())], &kinds());
+    assert!(set.is_ok(), "{:?}", set.err());
+}
+
+#[test]
 fn check_refuses_a_type_error_in_a_condition() {
     let e = refusal(
         "rules:\n  - name: typed\n    event: {message: {topic: t, type: capability-status}}\n    condition: message.state > 3\n    responses: [{retry: {kind: Ingestion, key: \"'k'\"}}]\n",
@@ -675,4 +691,112 @@ async fn sighup_reloads_the_rules_of_a_running_controller() {
     .await;
     assert!(controller.alive(), "{}", controller.tail(20));
     cleanup_amqp(&s.events).await;
+}
+
+/// A transition rule: an Ingestion that became enacted, and a Calibration that did, each said
+/// once, with the states it left and entered; a later change that leaves the state as it was
+/// (an event rewriting the status of an enacted Ingestion) fires nothing.
+const TRANSITIONS: &str = r#"rules:
+  - name: ingestion-enacted
+    event:
+      model:
+        kind: Ingestion
+        from: [pending, backoff, waiting]
+        to: ok
+    responses:
+      - publish:
+          type: ingestion-enacted
+          topic: archive.events
+          routing_key: thalamus.event
+          payload:
+            key: model.key
+            from: event.from
+            to: event.to
+            state: model.state
+  - name: calibration-enacted
+    event:
+      model:
+        kind: Calibration
+        to: ok
+    responses:
+      - publish:
+          type: calibration-enacted
+          topic: archive.events
+          routing_key: thalamus.event
+          payload:
+            key: model.key
+            from: event.from
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transition_rule_fires_once_when_a_model_enters_the_state() {
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let db = TestDb::new(backend).await;
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "transitions.yaml", TRANSITIONS);
+        let (engine, _rules, _) = world(&db, dir.path(), "rules-transition", true).await;
+        let obs = common::archive::observation(6);
+        engine.models().upsert(&obs.key(), &obs).await.unwrap();
+        engine.run_once().await.unwrap();
+        engine.run_once().await.unwrap();
+        let said = |rows: &[thalamus::store::OutboxRow], t: &str| {
+            rows.iter()
+                .filter(|r| r.message_type == t)
+                .map(|r| serde_json::from_str::<serde_json::Value>(&r.payload).unwrap())
+                .collect::<Vec<_>>()
+        };
+        let rows = engine.store().outbox(false, 50).await.unwrap();
+        assert!(said(&rows, "ingestion-enacted").is_empty(), "{rows:?}");
+
+        let complete = common::status_world::status(6, "Complete", "2026-01-01T00:01:00Z");
+        engine
+            .apply_event(&direct(STATUS, &complete))
+            .await
+            .unwrap();
+        for _ in 0..4 {
+            engine.run_once().await.unwrap();
+        }
+        let rows = engine.store().outbox(false, 50).await.unwrap();
+        let ingested = said(&rows, "ingestion-enacted");
+        assert_eq!(ingested.len(), 1, "{backend:?}: {rows:?}");
+        assert_eq!(
+            (
+                &ingested[0]["from"],
+                &ingested[0]["to"],
+                &ingested[0]["state"]
+            ),
+            (&"pending".into(), &"ok".into(), &"ok".into())
+        );
+        // The Calibration's step changes no status: its settle alone moved it to ok.
+        let calibrated = said(&rows, "calibration-enacted");
+        assert_eq!(calibrated.len(), 1, "{backend:?}: {rows:?}");
+        assert_eq!(calibrated[0]["key"], "VLA/obs6");
+        assert_eq!(calibrated[0]["from"], "pending");
+
+        // The same status said again, and a later pass: the Ingestion stays ok, nothing fires.
+        engine
+            .apply_event(&direct(STATUS, &complete))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            engine.run_once().await.unwrap();
+        }
+        let rows = engine.store().outbox(false, 50).await.unwrap();
+        assert_eq!(said(&rows, "ingestion-enacted").len(), 1, "{rows:?}");
+        assert_eq!(said(&rows, "calibration-enacted").len(), 1, "{rows:?}");
+
+        // The audit trail says which rule fired, why, at which generation and on which replica.
+        let history = engine
+            .store()
+            .history("Calibration", "VLA/obs6", 20)
+            .await
+            .unwrap();
+        let firing = history
+            .iter()
+            .find(|h| h.step == "rule:calibration-enacted")
+            .unwrap_or_else(|| panic!("{history:?}"));
+        assert!(firing.cause.contains("pending → ok"), "{firing:?}");
+        assert_eq!(firing.generation, 1);
+        assert_eq!(firing.holder, engine.holder());
+    }
 }

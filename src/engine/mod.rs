@@ -102,7 +102,9 @@ impl Engine {
             .announcers
             .clone()
             .with_herald(crate::outbox::Herald::new(&settings.outbox));
-        let models = Models::new(store.clone(), clock.clone()).with_announcers(announcers.clone());
+        let models = Models::new(store.clone(), clock.clone())
+            .with_announcers(announcers.clone())
+            .held_by(&holder);
         Self {
             backoff: Backoff::new(&settings.sync.backoff),
             store,

@@ -40,12 +40,13 @@ impl Engine {
                 .await
                 .context("reading changed objects")?;
             let Some(last) = page.last() else { break };
-            after = last.id;
+            after = last.row.id;
             let mut seen = Vec::with_capacity(page.len());
             let mut executions = Vec::new();
-            for row in &page {
+            for due in &page {
+                let row = &due.row;
                 let Some(policies) = self.registry.policies.get(&row.kind) else {
-                    seen.push((row.id, row.revision));
+                    seen.push((row.id, row.revision, due.to()));
                     report.handled += 1;
                     continue;
                 };
@@ -58,7 +59,7 @@ impl Engine {
                 for policy in policies {
                     let started = self.clock.now_ms();
                     let models = self.models.counting();
-                    let run = AssertUnwindSafe(policy.run(event, row, &models))
+                    let run = AssertUnwindSafe(policy.run(event, due, &models))
                         .catch_unwind()
                         .await;
                     let error = match run {
@@ -93,7 +94,7 @@ impl Engine {
                     });
                 }
                 if ok {
-                    seen.push((row.id, row.revision));
+                    seen.push((row.id, row.revision, due.to()));
                     report.handled += 1;
                 } else {
                     report.failed += 1;

@@ -585,6 +585,7 @@ impl<'e> Round<'e> {
             execution,
             has_dependents: e.graph.has_dependents(&node.row.kind),
             announce,
+            transitions: e.registry.transitions.contains(&node.row.kind),
         });
         if self.flush_at.is_none() {
             self.flush_at = Some(Instant::now() + FLUSH_EVERY);

@@ -141,6 +141,7 @@ impl Engine {
                 execution: None,
                 has_dependents: false,
                 announce: Vec::new(),
+                transitions: false,
             })
             .collect();
         let now = self.clock.now_ms();

@@ -55,7 +55,10 @@ impl Herald {
         let model = format!("{kind}/{key}");
         let mut rows = Vec::new();
         for a in announcements {
-            if !settings.announce.iter().any(|t| t == a.message_type) {
+            // `outbox.announce` chooses among thalamus's own types; a type only a rule
+            // publishes is the rule's author's choice, and is written.
+            let own = super::settings::MESSAGE_TYPES.contains(&a.message_type);
+            if own && !settings.announce.iter().any(|t| t == a.message_type) {
                 continue;
             }
             let mut payload = a.payload;

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct OutboxSettings {
     pub amqp: OutboxAmqp,
     pub kafka: OutboxKafka,
-    /// The message types announced; a type not listed is not written at all.
+    /// Which of thalamus's own message types ([`MESSAGE_TYPES`]) are announced; one not
+    /// listed is not written at all. (A type only a rule publishes is always written.)
     pub announce: Vec<String>,
     /// Exchange/topic the archive names → the one this site uses (as `events.aliases`).
     pub aliases: std::collections::BTreeMap<String, String>,

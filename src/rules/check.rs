@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::condition::{Expr, Vars};
-use super::file::{self, Action, EventDef, FindBy, RuleDef, RuleError, RuleErrors, Spanned};
+use super::file::{
+    self, Action, EventDef, FindBy, ModelEvent, RuleDef, RuleError, RuleErrors, Spanned,
+};
 use crate::step::{KindCheck, Registry};
 
 /// The kinds rules may name, with their decoders.
@@ -117,16 +119,22 @@ fn sample_message(message_type: Option<&str>) -> serde_json::Value {
 fn sample_vars(def: &RuleDef) -> Vars {
     let mut vars = Vars::default();
     vars.set("now", 1_767_225_600.into());
-    vars.set(
-        "event",
-        serde_json::json!({"transport": "amqp", "topic": "topic", "routing_key": "key", "id": "id"}),
-    );
     match &def.event {
         EventDef::Message(m) => {
+            vars.set(
+                "event",
+                serde_json::json!({"transport": "amqp", "topic": "topic", "routing_key": "key", "id": "id"}),
+            );
             vars.set("message", sample_message(m.message_type.as_deref()));
         }
         EventDef::Model(m) => {
-            vars.set("model", sample_model(&m.kind.text));
+            vars.set(
+                "event",
+                serde_json::json!({"hook": "updated", "from": "pending", "to": "ok", "id": "id"}),
+            );
+            let mut model = sample_model(&m.kind.text);
+            model["state"] = "ok".into();
+            vars.set("model", model);
         }
     }
     if let Some(find) = match &def.event {
@@ -140,7 +148,7 @@ fn sample_vars(def: &RuleDef) -> Vars {
 
 fn sample_model(kind: &str) -> serde_json::Value {
     serde_json::json!({"kind": kind, "key": "key", "spec": {}, "status": {}, "generation": 1,
-        "revision": 1, "deleted": false})
+        "enacted": 1, "revision": 1, "deleted": false})
 }
 
 struct Compiler<'a> {
@@ -505,11 +513,20 @@ impl RuleSet {
 
     /// The kinds model rules react to.
     pub fn model_kinds(&self) -> Vec<String> {
+        self.kinds_where(|_| true)
+    }
+
+    /// The kinds transition rules (`from`/`to`) react to.
+    pub fn transition_kinds(&self) -> Vec<String> {
+        self.kinds_where(ModelEvent::is_transition)
+    }
+
+    fn kinds_where(&self, f: impl Fn(&ModelEvent) -> bool) -> Vec<String> {
         let mut kinds: Vec<String> = self
             .rules
             .iter()
             .filter_map(|r| match &r.def.event {
-                EventDef::Model(m) => Some(m.kind.text.clone()),
+                EventDef::Model(m) if f(m) => Some(m.kind.text.clone()),
                 _ => None,
             })
             .collect();

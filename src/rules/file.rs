@@ -101,10 +101,22 @@ pub struct MessageEvent {
 pub struct ModelEvent {
     /// The kind.
     pub kind: Spanned,
-    /// Which changes: `created`, `updated`, `deleted` (default: created and updated).
+    /// Which changes: `created`, `updated`, `deleted` (default: created and updated; with
+    /// `from` or `to`, all three).
     pub on: Vec<String>,
+    /// A transition only: the states the model may have left (empty: any, or none yet).
+    pub from: Vec<String>,
+    /// A transition only: the states it may have entered (empty: any).
+    pub to: Vec<String>,
     /// A model to look up for the condition and responses (`found`).
     pub find: Option<Find>,
+}
+
+impl ModelEvent {
+    /// Whether the rule reacts to transitions (it names `from` or `to`), not to every change.
+    pub fn is_transition(&self) -> bool {
+        !self.from.is_empty() || !self.to.is_empty()
+    }
 }
 
 /// A model looked up when the event comes, bound as `found`.
@@ -254,6 +266,28 @@ impl<'a> Fields<'a> {
             }
             None => None,
         }
+    }
+
+    /// A word or list of words from `allowed` (none when the field is absent).
+    fn words(&mut self, key: &str, allowed: &[&str]) -> Vec<String> {
+        let Some(node) = self.node(key) else {
+            return Vec::new();
+        };
+        let items: Vec<&Node> = match &node.value {
+            Value::Seq(items) => items.iter().collect(),
+            _ => vec![node],
+        };
+        let mut out = Vec::new();
+        for item in items {
+            match item.as_str().filter(|w| allowed.contains(w)) {
+                Some(w) => out.push(w.to_string()),
+                None => self.fail(
+                    item.line,
+                    format!("{key} takes {} (or a list of them)", allowed.join(", ")),
+                ),
+            }
+        }
+        out
     }
 
     fn exprs(&mut self, key: &str) -> Vec<(String, Spanned)> {
@@ -422,30 +456,43 @@ fn read_event(
                 Some(rule),
                 m,
                 "event.model",
-                &["kind", "on", "find"],
+                &["kind", "on", "from", "to", "find"],
                 f.errors,
             )?;
             let kind = m_f.text("kind", true)?;
-            let mut on = Vec::new();
-            match m_f.node("on") {
-                None => on = vec!["created".into(), "updated".into()],
-                Some(n) => {
-                    let items: Vec<&Node> = match &n.value {
-                        Value::Seq(items) => items.iter().collect(),
-                        _ => vec![n],
-                    };
-                    for item in items {
-                        match item.as_str() {
-                            Some(h @ ("created" | "updated" | "deleted")) => on.push(h.to_string()),
-                            _ => m_f.fail(item.line, "on takes created, updated or deleted".into()),
-                        }
-                    }
-                }
+            let hooks = ["created", "updated", "deleted"];
+            let mut on = m_f.words("on", &hooks);
+            // The states of `thalamus get`'s STATE column.
+            let states = crate::store::State::ALL.map(crate::store::State::as_str);
+            let from = m_f.words("from", &states);
+            let to = m_f.words("to", &states);
+            if from.len() == 1 && to == from {
+                let line = m_f.node("to").map_or(m.line, |n| n.line);
+                m_f.fail(
+                    line,
+                    format!(
+                        "from and to are both {}: a transition leaves the state it came from",
+                        to[0]
+                    ),
+                );
+            }
+            if m_f.node("on").is_none() {
+                on = if from.is_empty() && to.is_empty() {
+                    hooks[..2].iter().map(|h| h.to_string()).collect()
+                } else {
+                    hooks.iter().map(|h| h.to_string()).collect()
+                };
             }
             let find = m_f
                 .node("find")
                 .and_then(|n| read_find(file, rule, n, m_f.errors));
-            Some(EventDef::Model(ModelEvent { kind, on, find }))
+            Some(EventDef::Model(ModelEvent {
+                kind,
+                on,
+                from,
+                to,
+                find,
+            }))
         }
         _ => {
             f.fail(

@@ -139,12 +139,14 @@ pub fn event_id(event: &Event) -> String {
     format!("{}#{h:016x}", event.topic)
 }
 
-/// A stored object as rules see it: `{kind, key, spec, status, generation, revision, deleted}`.
+/// A stored object as rules see it: `{kind, key, spec, status, generation, enacted, revision,
+/// deleted}`.
 pub fn model_value(row: &ObjectRow) -> Value {
     let parse = |t: &str| serde_json::from_str::<Value>(t).unwrap_or(Value::Null);
     json!({
         "kind": row.kind, "key": row.key, "spec": parse(&row.spec), "status": parse(&row.status),
-        "generation": row.generation, "revision": row.revision, "deleted": row.deleted_at.is_some(),
+        "generation": row.generation, "enacted": row.enacted, "revision": row.revision,
+        "deleted": row.deleted_at.is_some(),
     })
 }
 
@@ -192,14 +194,26 @@ impl RuleSet {
         })
     }
 
-    /// The model rules of `kind` reacting to `hook` (`created`, `updated`, `deleted`).
+    /// The model rules of `kind` reacting to `hook` (`created`, `updated`, `deleted`) that
+    /// took the model from state `from` (none: policies had not seen it) to `to`. A
+    /// transition rule reacts only when the state changed.
     pub fn for_model<'a>(
         &'a self,
         kind: &'a str,
         hook: &'a str,
+        from: Option<&'a str>,
+        to: &'a str,
     ) -> impl Iterator<Item = &'a Rule> + 'a {
         self.rules.iter().filter(move |r| match &r.def.event {
-            EventDef::Model(m) => m.kind.text == kind && m.on.iter().any(|h| h == hook),
+            EventDef::Model(m) => {
+                m.kind.text == kind
+                    && m.on.iter().any(|h| h == hook)
+                    && (!m.is_transition()
+                        || (from != Some(to)
+                            && (m.from.is_empty()
+                                || m.from.iter().any(|s| Some(s.as_str()) == from))
+                            && (m.to.is_empty() || m.to.iter().any(|s| s == to))))
+            }
             _ => false,
         })
     }

@@ -16,7 +16,7 @@ use super::RulesSettings;
 use crate::step::{
     DynPolicy, Event, EventError, EventOutcome, EventStep, Models, PolicyHook, Registry,
 };
-use crate::store::{NewExecution, ObjectRow, Outcome};
+use crate::store::{NewExecution, Outcome, State, Unpoliced};
 
 /// How often each rule matched an event, fired, and failed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
@@ -78,14 +78,17 @@ impl Rules {
         Ok(format!("{n} rule(s) loaded from {} file(s)", files.len()))
     }
 
-    /// Fires the rules `rules` over `vars`; records each firing as an execution with `cause`;
-    /// returns what changed and what failed.
+    /// Fires the rules `rules` over `vars`; records each firing as an execution with `cause`
+    /// (at `generation` of the model it is about; 0 for a message); returns what changed and
+    /// what failed.
+    #[allow(clippy::too_many_arguments)]
     async fn run<'r>(
         &self,
         rules: impl Iterator<Item = &'r Rule>,
         mut vars: Vars,
         cause: &str,
         about: (&str, &str),
+        generation: i64,
         dedupe: &str,
         models: &Models,
     ) -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
@@ -123,9 +126,9 @@ impl Rules {
                 kind,
                 key,
                 step: format!("rule:{}", rule.name()),
-                generation: 0,
+                generation,
                 cause: cause.to_string(),
-                holder: String::new(),
+                holder: models.holder().to_string(),
                 started_at: started,
                 duration_ms: (models.now_ms() - started).max(0),
                 outcome: if said.is_empty() {
@@ -172,6 +175,7 @@ impl EventStep for RulesStep {
                 vars,
                 &cause,
                 (&event.topic, &id),
+                0,
                 &id,
                 models,
             )
@@ -206,19 +210,32 @@ impl DynPolicy for RulePolicy {
         "rules"
     }
 
-    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()> {
+    async fn run(&self, hook: PolicyHook, seen: &Unpoliced, models: &Models) -> anyhow::Result<()> {
+        let row = &seen.row;
         let hook = match hook {
             PolicyHook::Create => "created",
             PolicyHook::Update => "updated",
             PolicyHook::Delete => "deleted",
         };
+        let (from, to) = (seen.from().map(State::as_str), seen.to().as_str());
         let set = self.rules.current();
         let mut vars = Vars::default();
-        vars.set("model", fire::model_value(row));
+        let mut model = fire::model_value(row);
+        model["state"] = to.into();
+        vars.set("model", model);
         vars.set("now", (models.now_ms() / 1000).into());
-        vars.set("event", serde_json::json!({"hook": hook, "id": format!("{}/{}@{}", row.kind, row.key, row.revision)}));
+        vars.set(
+            "event",
+            serde_json::json!({"hook": hook, "from": from, "to": to,
+                "id": format!("{}/{}@{}", row.kind, row.key, row.revision)}),
+        );
+        let moved = match from {
+            Some(from) if from != to => format!(", {from} → {to}"),
+            None => format!(", → {to}"),
+            _ => String::new(),
+        };
         let cause = format!(
-            "{hook} {}/{} (revision {})",
+            "{hook} {}/{} (revision {}{moved})",
             row.kind, row.key, row.revision
         );
         // A publish is said once per generation and message: a status change that says the
@@ -227,10 +244,11 @@ impl DynPolicy for RulePolicy {
         let (_, failed, _) = self
             .rules
             .run(
-                set.for_model(&self.kind, hook),
+                set.for_model(&self.kind, hook, from, to),
                 vars,
                 &cause,
                 (&row.kind, &row.key),
+                row.generation,
                 &dedupe,
                 models,
             )
@@ -257,6 +275,9 @@ pub fn register(
     let set = RuleSet::load(&files, &kinds)?;
     let topics = set.topics();
     let model_kinds = set.model_kinds();
+    for kind in set.transition_kinds() {
+        registry.watch_transitions(&kind);
+    }
     let rules = Rules::new(set, kinds, settings.clone());
     if !topics.is_empty() {
         registry.event(RulesStep {

@@ -22,6 +22,8 @@ pub struct Models {
     announcers: Announcers,
     /// Writes through this handle (and its clones) that changed something.
     changes: Arc<AtomicU64>,
+    /// The replica writing (its lease holder id), named in audit rows written through it.
+    holder: Arc<str>,
 }
 
 impl Models {
@@ -32,7 +34,19 @@ impl Models {
             clock,
             announcers: Announcers::default(),
             changes: Arc::default(),
+            holder: Arc::from(""),
         }
+    }
+
+    /// The same access, naming `holder` as the replica whose writes these are.
+    pub(crate) fn held_by(mut self, holder: &str) -> Self {
+        self.holder = Arc::from(holder);
+        self
+    }
+
+    /// The replica writing through this handle (empty outside an engine).
+    pub fn holder(&self) -> &str {
+        &self.holder
     }
 
     /// The same access, writing what each change announces to the outbox with it.
@@ -43,7 +57,9 @@ impl Models {
 
     /// The same access with its own count of [`Models::changes`], from zero.
     pub fn counting(&self) -> Self {
-        Self::new(self.store.clone(), self.clock.clone()).with_announcers(self.announcers.clone())
+        Self::new(self.store.clone(), self.clock.clone())
+            .with_announcers(self.announcers.clone())
+            .held_by(&self.holder)
     }
 
     /// How many writes through this handle changed something (a policy that changed

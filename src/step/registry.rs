@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use super::context::{typed, Models, StepContext};
 use super::model::{Link, Model};
 use super::traits::{EventStep, ModelPolicy, PullStep, StepError, StepResult, SyncStep};
-use crate::store::ObjectRow;
+use crate::store::{ObjectRow, Unpoliced};
 
 /// Every step the engine runs, collected by `steps::register`.
 #[derive(Default, Clone)]
@@ -25,6 +25,9 @@ pub struct Registry {
     pub(crate) reloaders: Vec<Arc<dyn Fn() -> anyhow::Result<String> + Send + Sync>>,
     /// Per-rule counters for the operator surface (the rules register it).
     pub(crate) rule_counts: Option<Arc<RuleCountsFn>>,
+    /// Kinds whose state transitions something reacts to: their settles that change the
+    /// state (to ok, backoff, error) bump the revision so their policies see the change.
+    pub(crate) transitions: std::collections::BTreeSet<String>,
 }
 
 /// Per rule: how often it matched an event, fired, and failed.
@@ -93,6 +96,13 @@ impl Registry {
         reload: impl Fn() -> anyhow::Result<String> + Send + Sync + 'static,
     ) -> &mut Self {
         self.reloaders.push(Arc::new(reload));
+        self
+    }
+
+    /// Makes settles that change the state of `kind`'s objects visible to its policies (a
+    /// transition rule's `from` → `to`); other kinds' settles are not worth a policy pass.
+    pub fn watch_transitions(&mut self, kind: &str) -> &mut Self {
+        self.transitions.insert(kind.to_string());
         self
     }
 
@@ -264,11 +274,12 @@ pub(crate) enum PolicyHook {
     Delete,
 }
 
-/// A policy with its model type erased.
+/// A policy with its model type erased. `seen` is the object with the state its policies last
+/// saw it in and the state it is in now (what transition rules react to).
 #[async_trait]
 pub(crate) trait DynPolicy: Send + Sync {
     fn name(&self) -> &str;
-    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()>;
+    async fn run(&self, hook: PolicyHook, seen: &Unpoliced, models: &Models) -> anyhow::Result<()>;
 }
 
 struct TypedPolicy<P>(P);
@@ -279,8 +290,8 @@ impl<P: ModelPolicy> DynPolicy for TypedPolicy<P> {
         self.0.name()
     }
 
-    async fn run(&self, hook: PolicyHook, row: &ObjectRow, models: &Models) -> anyhow::Result<()> {
-        let obj = typed::<P::Model>(row)?;
+    async fn run(&self, hook: PolicyHook, seen: &Unpoliced, models: &Models) -> anyhow::Result<()> {
+        let obj = typed::<P::Model>(&seen.row)?;
         match hook {
             PolicyHook::Create => self.0.handle_create(&obj, models).await,
             PolicyHook::Update => self.0.handle_update(&obj, models).await,

@@ -40,6 +40,7 @@ pub use leases::Lease;
 pub use objects::{canonical, Change, ObjectRow, RetryResult, SpecChange};
 pub use operator::DeadLetterCount;
 pub use outbox::{NewOutboxRow, OutboxDepth, OutboxRow};
+pub use policy::Unpoliced;
 pub use query::{ListFilter, ObjectSummary, PageFilter, State, StateCount};
 pub use reason::Reason;
 pub use replicas::Replica;

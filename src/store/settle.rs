@@ -54,6 +54,9 @@ pub struct OutcomeRecord {
     /// What the outcome announces (a status change worth saying): written with it, or not
     /// at all when it is not applied (a lost lease, a status that lost to an event).
     pub announce: Vec<NewOutboxRow>,
+    /// Whether something reacts to the kind's state transitions: an outcome that changes the
+    /// state then bumps the revision, so its policies see it.
+    pub transitions: bool,
 }
 
 /// What [`Store::settle`] did with a batch of outcomes.
@@ -89,9 +92,13 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
         format!("next_attempt_at = CASE WHEN {sup} THEN COALESCE(next_attempt_at, {now}) ELSE {otherwise} END")
     };
     let mut set = vec![format!("updated_at = {now}")];
+    // When the outcome moves the object into another state (see `STATE_SQL`) that transition
+    // rules react to: ok, backoff, error. (Waiting is not woken for.)
+    let enters: Option<String>;
     match &r.settled {
         Settled::Released | Settled::Reaped => return None,
         Settled::Synced => {
+            enters = Some(format!("NOT {sup} AND enacted < generation"));
             let message = st.param(Param::Text(synced_message(r.generation).into()));
             set.extend([
                 format!(
@@ -108,6 +115,7 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
             ]);
         }
         Settled::Deferred { until, message } => {
+            enters = None;
             let message = st.param(Param::Text(message.into()));
             let until = st.param(Param::Int(*until));
             let revision = st.param(Param::Int(r.revision));
@@ -128,6 +136,9 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
             until,
             error,
         } => {
+            enters = Some(format!(
+                "NOT {sup} AND enacted < generation AND (backend_code <> 2 OR waiting_on IS NOT NULL)"
+            ));
             let error = st.param(Param::Text(error.into()));
             let attempts = st.param(Param::Int(i64::from(*attempts)));
             let until = st.param(Param::Int(*until));
@@ -143,6 +154,10 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
             ]);
         }
         Settled::Permanent { error } => {
+            enters = Some(format!(
+                "NOT {sup} AND enacted < generation AND NOT (backend_code = 2 \
+                 AND next_attempt_at IS NULL AND waiting_on IS NULL)"
+            ));
             let error = st.param(Param::Text(error.into()));
             set.extend([
                 keep("backend_code", "2"),
@@ -154,6 +169,7 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
             ]);
         }
         Settled::Waiting { on, until } => {
+            enters = None;
             let on = st.param(Param::Text(on.into()));
             let until = st.param(Param::Int(*until));
             set.extend([
@@ -170,6 +186,10 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
         let written = st.param(Param::Text(written.into()));
         set.push(format!("status = {written}, revision = revision + 1"));
         filter.push_str(&format!(" AND status = {read}"));
+    } else if let Some(enters) = enters.filter(|_| r.transitions) {
+        set.push(format!(
+            "revision = revision + CASE WHEN {enters} THEN 1 ELSE 0 END"
+        ));
     }
     st.sql = format!("UPDATE objects SET {} WHERE {filter}", set.join(", "));
     Some(st)
@@ -282,7 +302,8 @@ impl Store {
             let (bulk, single): (Vec<&OutcomeRecord>, Vec<&OutcomeRecord>) = records
                 .iter()
                 .partition(|r| {
-                    r.status.is_none() && r.sync_job && r.announce.is_empty() && matches!(r.settled, Settled::Synced)
+                    r.status.is_none() && r.sync_job && r.announce.is_empty() && !r.transitions
+                        && matches!(r.settled, Settled::Synced)
                 });
             for r in &single {
                 if !settle_one!(tx, now, r) {
@@ -379,6 +400,7 @@ mod tests {
             execution: None,
             has_dependents: false,
             announce: Vec::new(),
+            transitions: true,
         }
     }
 
