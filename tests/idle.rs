@@ -211,3 +211,58 @@ async fn the_backoff_doubles_up_to_its_cap() {
     assert_eq!(h.engine.pull_once().await.failed, 0);
     assert_eq!(h.engine.pull_delay(&step), Duration::from_millis(20));
 }
+
+/// An idle poll hands the store only what changed since this process last reported it: a
+/// settled dataset is counted as seen but not upserted again, so an Observation removed from
+/// the store behind the source's back (a restored backup, a hand-made DELETE) is not put back
+/// by the next poll; the full report every `FULL_REPORT_EVERY` polls puts it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_poll_reports_only_what_changed_and_a_full_report_restores_the_store() {
+    use thalamus::sources::FULL_REPORT_EVERY;
+    let w = World::new(Backend::Postgres, |_, _| {}).await;
+    w.sdm("24A-002.sb1.eb1", &[1]);
+    w.bdf(1, 1000);
+    let mut polls = 0;
+    for _ in 0..3 {
+        w.once().await;
+        w.clock.advance(60_000);
+        polls += 1;
+    }
+    assert_eq!(w.keys("Observation").await, ["VLA/24A-002.sb1.eb1"]);
+    let r = w.once().await;
+    polls += 1;
+    assert_eq!((r.pull.seen, r.pull.created, r.pull.updated), (1, 0, 0));
+
+    let pool = sqlx::PgPool::connect(&w.db.url).await.unwrap();
+    sqlx::query("DELETE FROM objects WHERE kind = 'Observation'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let r = w.once().await;
+    polls += 1;
+    assert_eq!(r.pull.created, 0, "an unchanged dataset is not reported");
+    assert!(w.keys("Observation").await.is_empty());
+    let mut back = None;
+    while polls <= FULL_REPORT_EVERY as usize + 1 {
+        let r = w.once().await;
+        polls += 1;
+        if r.pull.created == 1 {
+            back = Some(polls);
+            break;
+        }
+    }
+    assert_eq!(
+        back,
+        Some(FULL_REPORT_EVERY as usize + 1),
+        "the full report puts it back"
+    );
+    assert_eq!(w.keys("Observation").await, ["VLA/24A-002.sb1.eb1"]);
+
+    // A change is reported at once.
+    w.append("sdm/24A-002.sb1.eb1/Scan.xml", b"<more/>");
+    w.clock.advance(61_000);
+    w.once().await; // the change starts a new window
+    w.clock.advance(61_000);
+    let r = w.once().await;
+    assert_eq!(r.pull.updated, 1);
+}

@@ -10,5 +10,5 @@ mod watch;
 
 pub use metrics::{scan_metrics, ScanMetrics};
 pub use scan::{scan_root, stat_calls, DatasetScan, ScannedFile};
-pub use settle::{SettleChanges, Settler};
+pub use settle::{SettleChanges, Settler, FULL_REPORT_EVERY};
 pub use watch::Hint;

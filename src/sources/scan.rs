@@ -197,9 +197,11 @@ fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
         .unwrap_or(0)
 }
 
-/// Lists every dataset under `root`, feeds the settler, and passes each settled dataset to
-/// `settled` (which may stop the scan by returning false). Datasets that cannot be listed are
-/// logged and retried next poll; only an unreadable `root` is an error.
+/// Lists every dataset under `root`, feeds the settler, and passes each settled dataset the
+/// settler has to report (changed since reported, or a full report) to `settled` (which may
+/// stop the scan by returning false); returns how many settled datasets were left out as
+/// unchanged. Datasets that cannot be listed are logged and retried next poll; only an
+/// unreadable `root` is an error.
 pub fn scan_root(
     root: &Path,
     marker: Option<&str>,
@@ -207,7 +209,7 @@ pub fn scan_root(
     now_ms: i64,
     extra: &dyn Fn(&DatasetScan) -> io::Result<Vec<PathBuf>>,
     settled: &mut dyn FnMut(DatasetScan) -> bool,
-) -> io::Result<()> {
+) -> io::Result<usize> {
     let started = std::time::Instant::now();
     let mut dirs: Vec<(String, PathBuf)> = Vec::new();
     for entry in read_dir(root)? {
@@ -228,7 +230,7 @@ pub fn scan_root(
     dirs.sort_unstable();
     let datasets = dirs.len();
     settler.begin_poll();
-    let mut aborted = false;
+    let (mut aborted, mut unchanged) = (false, 0);
     for (name, dir) in dirs {
         let listed = DatasetScan::list(&name, &dir, marker).and_then(|mut scan| {
             let more = extra(&scan)?;
@@ -241,7 +243,12 @@ pub fn scan_root(
                 ..
             }) => settler.refuse(&odd, "it holds a file whose name is not UTF-8"),
             Ok(scan) => {
-                if settler.observe(&scan, now_ms) && !settled(scan) {
+                if !settler.observe(&scan, now_ms) {
+                    continue;
+                }
+                if !settler.report(&scan.name) {
+                    unchanged += 1;
+                } else if !settled(scan) {
                     aborted = true;
                     break;
                 }
@@ -262,8 +269,8 @@ pub fn scan_root(
     let root_name = root.display().to_string();
     super::metrics::scan_metrics().scanned(&root_name, started.elapsed(), settler.pending());
     // `thalamus bench` reads this line to count a running controller's polls and stats.
-    debug!(root = %root.display(), datasets, stat_calls_total = stat_calls(), "scan done");
-    Ok(())
+    debug!(root = %root.display(), datasets, unchanged, stat_calls_total = stat_calls(), "scan done");
+    Ok(unchanged)
 }
 
 #[cfg(test)]

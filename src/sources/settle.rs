@@ -28,6 +28,8 @@ struct Seen {
     dirty: bool,
     /// It references files that do not exist (yet), so it waits the longer wait.
     missing: bool,
+    /// The fingerprint it was last reported to the store with by this process (0: never).
+    reported: u64,
 }
 
 /// What changed in a settler since the last [`Settler::take_changes`], for the store.
@@ -58,7 +60,16 @@ pub struct Settler {
     /// Whether the stored state has been loaded into this settler.
     restored: bool,
     refusals: Refusals,
+    /// Polls since every settled dataset was last reported, changed or not.
+    since_full_report: u32,
+    /// Whether this poll reports every settled dataset.
+    full_report: bool,
 }
+
+/// Every this many polls a source reports every settled dataset, changed or not, so the
+/// store is corrected within a few polls of anything done to it behind the source's back (an
+/// Observation deleted by hand, a restored backup); between them, only what changed.
+pub const FULL_REPORT_EVERY: u32 = 10;
 
 impl Settler {
     /// A settler with the given window.
@@ -70,6 +81,8 @@ impl Settler {
             vanished: Vec::new(),
             restored: false,
             refusals: Refusals::default(),
+            since_full_report: 0,
+            full_report: true,
         }
     }
 
@@ -107,6 +120,7 @@ impl Settler {
                 polled: false,
                 dirty: false,
                 missing: false,
+                reported: 0,
             });
         }
         self.restored = true;
@@ -135,17 +149,40 @@ impl Settler {
             polled: true,
             dirty: true,
             missing: false,
+            reported: 0,
         };
         let window = self.window_ms(!scan.missing.is_empty());
         let entry = self.seen.entry(scan.name.clone()).or_insert(fresh);
         entry.polled = true;
         if entry.fingerprint != fingerprint {
-            *entry = fresh;
+            *entry = Seen {
+                reported: entry.reported,
+                ..fresh
+            };
         }
         entry.missing = !scan.missing.is_empty();
         entry.settled =
             !scan.files.is_empty() && (scan.marked || now_ms - entry.since_ms >= window);
         entry.settled
+    }
+
+    /// Whether the settled dataset `name` is to be reported to the store this poll: it
+    /// changed since this process last reported it, or this is a full report. Reporting it
+    /// is then taken as done; [`Settler::report_failed`] undoes that for the lot.
+    pub fn report(&mut self, name: &str) -> bool {
+        let full = self.full_report;
+        match self.seen.get_mut(name) {
+            Some(s) if s.settled && (full || s.reported != s.fingerprint) => {
+                s.reported = s.fingerprint;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The store did not take (all of) this poll's report: the next poll reports everything.
+    pub fn report_failed(&mut self) {
+        self.since_full_report = FULL_REPORT_EVERY;
     }
 
     /// A dataset could not be listed this poll (unreadable, or changing under the scan):
@@ -158,6 +195,7 @@ impl Settler {
             polled: true,
             dirty: true,
             missing: false,
+            reported: 0,
         };
         match self.seen.get_mut(name) {
             // Already recorded as unlistable: only the (unstored) wait moves.
@@ -178,11 +216,18 @@ impl Settler {
         self.refusals.refuse(path, why);
     }
 
-    /// Starts a poll.
+    /// Starts a poll (every [`FULL_REPORT_EVERY`]th reports every settled dataset).
     pub fn begin_poll(&mut self) {
         for s in self.seen.values_mut() {
             s.polled = false;
         }
+        self.full_report =
+            self.since_full_report == 0 || self.since_full_report >= FULL_REPORT_EVERY;
+        self.since_full_report = if self.full_report {
+            1
+        } else {
+            self.since_full_report + 1
+        };
     }
 
     /// Ends a poll: datasets that were not listed have vanished and are forgotten.

@@ -203,13 +203,18 @@ impl PullStep for DirectorySource {
         // If the store failed, this stops the scan: the rest could not be stored either.
         drop(rx);
         let (result, deadline, changes) = scan.await.context("directory scan task failed")?;
+        if stored.is_err() || report.skipped > 0 {
+            // What was not stored is reported again next poll (every dataset, to be sure).
+            self.settler().report_failed();
+        }
         *self.next_deadline.lock().unwrap_or_else(|p| p.into_inner()) = deadline;
         let saved = self.save(models, changes).await;
         stored?;
         saved?;
         let mut missing = self.root_missing.lock().unwrap_or_else(|p| p.into_inner());
         match result {
-            Ok(()) => {
+            Ok(unchanged) => {
+                report.seen += unchanged;
                 if *missing {
                     info!(source = self.name, root = %self.root.display(), "source directory is back");
                 }
@@ -263,8 +268,12 @@ async fn upsert(
     }
     report.seen += batch.len();
     let (changes, refused) = models.upsert_each(batch).await?;
-    for (key, e) in refused {
+    for (key, e) in &refused {
         warn!(key, "observation not stored (tried again next poll): {e:#}");
+        report.skipped += 1;
+        report
+            .problems
+            .push(format!("observation {key} not stored: {e:#}"));
     }
     let missing: HashMap<&str, &[String]> = batch
         .iter()
