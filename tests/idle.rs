@@ -41,6 +41,14 @@ async fn a_poll_never_wakes_itself() {
     let scan = w.path("sdm/24A-001.sb1.eb1/Scan.xml");
     eventually("the write's hint", || hinted(scan.clone())).await;
     assert!(hint.hints() >= 2);
+    // inotify is not recursive: a directory made after the watch began is watched once its
+    // creation arrives, so a file written in it hints too.
+    let late = w.path("sdm/24A-009.sb1.eb1");
+    std::fs::create_dir(&late).unwrap();
+    eventually("the new directory's hint", || hinted(late.clone())).await;
+    let inside = late.join("Main.xml");
+    std::fs::write(&inside, "<MainTable/>").unwrap();
+    eventually("a write in the new directory", || hinted(inside.clone())).await;
 }
 
 /// An empty dataset past its window cannot settle by waiting (it has no files): it must not
