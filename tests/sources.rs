@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::path::Path;
 
 use common::source_world::World;
@@ -186,6 +187,47 @@ async fn marker_file_skips_the_wait(backend: Backend) {
         file_names(&w.observation("VLA/marked").await),
         ["Main.xml", "Scan.xml"],
         "the marker is not data"
+    );
+}
+
+/// A file that lands in a dataset after its marker is settled by the window like any change:
+/// the marker vouched for the files as they were, not for a file still being written. The
+/// poll between `std::fs::write`'s create and its write (the one the inotify hint of the
+/// create makes likely) is forced here.
+async fn a_late_file_after_the_marker_moves_the_generation_once(backend: Backend) {
+    let w = World::new(backend, |s, _| {
+        s.sources.vla.marker_file = Some("DONE".into())
+    })
+    .await;
+    w.write("sdm/24A-200.sb1.eb1/Main.xml", b"<MainTable/>");
+    w.write("sdm/24A-200.sb1.eb1/DONE", b"");
+    w.once().await;
+    assert_eq!(
+        w.observation("VLA/24A-200.sb1.eb1").await.generation,
+        1,
+        "the marker: taken at once"
+    );
+
+    // `std::fs::write` as two steps, with a poll in between: the file exists, empty.
+    let mut scan = std::fs::File::create(w.path("sdm/24A-200.sb1.eb1/Scan.xml")).unwrap();
+    w.once().await;
+    scan.write_all(b"<ScanTable/>").unwrap();
+    drop(scan);
+    w.once().await;
+    w.clock.advance(60_000); // the settle window
+    w.once().await;
+
+    let obs = w.observation("VLA/24A-200.sb1.eb1").await;
+    let sizes: Vec<u64> = obs.spec.files.iter().map(|f| f.size).collect();
+    assert_eq!(sizes, [12, 12], "Main.xml and the whole Scan.xml");
+    assert_eq!(
+        obs.generation, 2,
+        "one new generation for the late file, not one per state of it"
+    );
+    let ingestion = w.ingestion("VLA/24A-200.sb1.eb1").await;
+    assert_eq!(
+        (ingestion.generation, ingestion.spec.observation_generation),
+        (2, 2)
     );
 }
 
@@ -385,6 +427,7 @@ both_backends!(
     late_bdfs_update_the_same_observation,
     vanishing_and_replaced_files,
     marker_file_skips_the_wait,
+    a_late_file_after_the_marker_moves_the_generation_once,
     thousands_of_files_in_one_poll,
     missing_source_directory_is_not_fatal,
     deleting_an_observation_deletes_dependents_first,

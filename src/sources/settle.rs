@@ -2,7 +2,8 @@
 //! fingerprint) for the window, or its marker exists. A dataset that references files which
 //! have not arrived (VLA BDFs) is complete only once they have, or once it has stayed the same
 //! for the longer wait for missing files; its marker means complete at once, whatever is
-//! missing. What the [`Settler`] remembers is kept
+//! missing, for the files as they were when it appeared: a change made while the marker stays
+//! (a late file) settles by the window. What the [`Settler`] remembers is kept
 //! in the store as well (the `settle_state` table), so a restart, or `thalamus run --once`
 //! from cron, resumes each window instead of starting it again. A poll reports only what
 //! changed ([`Settler::take_changes`]), so an idle poll over settled datasets writes nothing.
@@ -30,6 +31,11 @@ struct Seen {
     missing: bool,
     /// The fingerprint it was last reported to the store with by this process (0: never).
     reported: u64,
+    /// The marker was there at the last listing.
+    marked: bool,
+    /// The marker appeared while the files were as they are: it vouches for them. A change
+    /// made while it stays (a late file, still being written) settles by the window.
+    vouched: bool,
 }
 
 /// What changed in a settler since the last [`Settler::take_changes`], for the store.
@@ -121,6 +127,10 @@ impl Settler {
                 dirty: false,
                 missing: false,
                 reported: 0,
+                // Not stored: as if the marker was there, so a change made while no process
+                // watched settles by the window rather than on the marker.
+                marked: true,
+                vouched: false,
             });
         }
         self.restored = true;
@@ -150,19 +160,24 @@ impl Settler {
             dirty: true,
             missing: false,
             reported: 0,
+            marked: false,
+            vouched: false,
         };
         let window = self.window_ms(!scan.missing.is_empty());
         let entry = self.seen.entry(scan.name.clone()).or_insert(fresh);
         entry.polled = true;
+        let appeared = scan.marked && !entry.marked;
         if entry.fingerprint != fingerprint {
             *entry = Seen {
                 reported: entry.reported,
                 ..fresh
             };
         }
+        entry.vouched |= appeared;
+        entry.marked = scan.marked;
         entry.missing = !scan.missing.is_empty();
-        entry.settled =
-            !scan.files.is_empty() && (scan.marked || now_ms - entry.since_ms >= window);
+        entry.settled = !scan.files.is_empty()
+            && ((scan.marked && entry.vouched) || now_ms - entry.since_ms >= window);
         entry.settled
     }
 
@@ -196,6 +211,8 @@ impl Settler {
             dirty: true,
             missing: false,
             reported: 0,
+            marked: false,
+            vouched: false,
         };
         match self.seen.get_mut(name) {
             // Already recorded as unlistable: only the (unstored) wait moves.
@@ -203,7 +220,12 @@ impl Settler {
                 s.since_ms = now_ms;
                 s.polled = true;
             }
-            Some(s) => *s = unlisted,
+            Some(s) => {
+                *s = Seen {
+                    marked: s.marked,
+                    ..unlisted
+                }
+            }
             None => {
                 self.seen.insert(name.to_string(), unlisted);
             }
