@@ -1,5 +1,7 @@
-//! Events: N capability-status messages applied through Kafka and through AMQP, against a raw
-//! consumer of the same crate that only counts them.
+//! Events: N capability-status messages applied through Kafka and through AMQP, against a
+//! consumer of the same crate that does the least durable work: per batch of what has
+//! arrived, one `UPDATE` of the same status rows, committed, then the offset commit (AMQP: one
+//! multiple-ack). A consumer that only counts is printed too, as the transport's speed.
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +12,8 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
@@ -37,11 +40,8 @@ fn message(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-async fn world(
-    args: &BenchArgs,
-    events: EventsSettings,
-    requests: usize,
-) -> anyhow::Result<(Scratch, Engine)> {
+/// A scratch store holding the Ingestions of requests 1..=`requests`, each Submitted.
+async fn requests(args: &BenchArgs, requests: usize) -> anyhow::Result<Scratch> {
     let scratch = Scratch::new(Backend::Sqlite, &args.scratch(), &args.pg_url).await?;
     scratch
         .exec(&format!(
@@ -53,6 +53,35 @@ async fn world(
              1, 0, 1, 1, 0, 0 FROM s"
         ))
         .await?;
+    Ok(scratch)
+}
+
+/// What the fair baseline does per batch: one `UPDATE` setting each message's state and
+/// message on its request's Ingestion (its own statement, so committed on return).
+async fn apply_raw(scratch: &Scratch, payloads: &[Vec<u8>]) -> anyhow::Result<()> {
+    let mut keys = Vec::with_capacity(payloads.len());
+    for p in payloads {
+        let m: serde_json::Value = serde_json::from_slice(p)?;
+        let id = m["capability_request_id"]
+            .as_i64()
+            .ok_or_else(|| anyhow::anyhow!("no capability_request_id"))?;
+        keys.push(format!("'VLA/obs{id}'"));
+    }
+    scratch
+        .exec(&format!(
+            "UPDATE objects SET status = json_set(status, '$.state', 'Executing'), \
+             revision = revision + 1 WHERE kind = 'Ingestion' AND key IN ({})",
+            keys.join(", ")
+        ))
+        .await
+}
+
+async fn world(
+    args: &BenchArgs,
+    events: EventsSettings,
+    n: usize,
+) -> anyhow::Result<(Scratch, Engine)> {
+    let scratch = requests(args, n).await?;
     let mut settings = Settings::default();
     settings.database.url = scratch.url.clone();
     settings.events = events;
@@ -117,8 +146,41 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     for _ in 1..n {
         raw.recv().await?;
     }
-    let baseline = (n - 1) as f64 / started.elapsed().as_secs_f64();
+    let transport = (n - 1) as f64 / started.elapsed().as_secs_f64();
     drop(raw);
+    eprintln!("  events via Kafka: transport speed (a consumer that only counts) {transport:.0} messages/s");
+
+    // Fair: the same crate, a fresh group, each batch's UPDATE committed, then the offsets.
+    let scratch = requests(args, n).await?;
+    let fair: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &args.kafka)
+        .set("group.id", unique("fair"))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("session.timeout.ms", "6000")
+        .create()?;
+    fair.subscribe(&[&topic])?;
+    let max = EventsSettings::default().max_batch;
+    let first = fair.recv().await?.payload().unwrap_or_default().to_vec();
+    apply_raw(&scratch, &[first]).await?;
+    fair.commit_consumer_state(CommitMode::Sync)?;
+    let started = Instant::now();
+    let mut done = 1;
+    while done < n {
+        let mut batch = vec![fair.recv().await?.payload().unwrap_or_default().to_vec()];
+        while batch.len() < max {
+            match tokio::time::timeout(Duration::ZERO, fair.recv()).await {
+                Ok(m) => batch.push(m?.payload().unwrap_or_default().to_vec()),
+                Err(_) => break,
+            }
+        }
+        apply_raw(&scratch, &batch).await?;
+        fair.commit_consumer_state(CommitMode::Sync)?;
+        done += batch.len();
+    }
+    let baseline = (n - 1) as f64 / started.elapsed().as_secs_f64();
+    drop(fair);
+    scratch.drop_all().await?;
 
     let mut events = EventsSettings::default();
     events.kafka.brokers = args.kafka.clone();
@@ -212,8 +274,48 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
             .ok_or_else(|| anyhow::anyhow!("raw consumer closed"))??;
         d.ack(BasicAckOptions::default()).await?;
     }
+    let transport = n as f64 / started.elapsed().as_secs_f64();
+    conn.close(200, "done".into()).await?;
+    eprintln!("  events via AMQP: transport speed (a consumer that acks each message) {transport:.0} messages/s");
+
+    // Fair: per batch of what has arrived, the UPDATE committed, then one multiple-ack.
+    publish().await?;
+    let scratch = requests(args, n).await?;
+    let conn = Connection::connect(&args.amqp, ConnectionProperties::default()).await?;
+    let channel = conn.create_channel().await?;
+    let mut fair = channel
+        .basic_consume(
+            events.amqp.queue.as_str().into(),
+            "fair".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let next = |d: Option<lapin::Result<lapin::message::Delivery>>| {
+        d.ok_or_else(|| anyhow::anyhow!("fair consumer closed"))?
+            .map_err(anyhow::Error::from)
+    };
+    let max = events.max_batch;
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let mut batch = vec![next(fair.next().await)?];
+        while batch.len() < max {
+            match tokio::time::timeout(Duration::ZERO, fair.next()).await {
+                Ok(d) => batch.push(next(d)?),
+                Err(_) => break,
+            }
+        }
+        let payloads: Vec<Vec<u8>> = batch.iter().map(|d| d.data.clone()).collect();
+        apply_raw(&scratch, &payloads).await?;
+        if let Some(last) = batch.last() {
+            last.ack(BasicAckOptions { multiple: true }).await?;
+        }
+        done += batch.len();
+    }
     let baseline = n as f64 / started.elapsed().as_secs_f64();
     conn.close(200, "done".into()).await?;
+    scratch.drop_all().await?;
 
     publish().await?;
     let (scratch, engine) = world(args, events.clone(), n).await?;
