@@ -78,20 +78,21 @@ impl Rules {
         Ok(format!("{n} rule(s) loaded from {} file(s)", files.len()))
     }
 
-    /// Fires the rules `rules` over `vars`; records each firing as an execution with `cause`
-    /// (at `generation` of the model it is about; 0 for a message); returns what changed and
-    /// what failed.
-    #[allow(clippy::too_many_arguments)]
+    /// Fires the rules `rules` over `vars`; records each firing as an execution as `event`
+    /// says; returns what changed and what failed.
     async fn run<'r>(
         &self,
         rules: impl Iterator<Item = &'r Rule>,
         mut vars: Vars,
-        cause: &str,
-        about: (&str, &str),
-        generation: i64,
-        dedupe: &str,
+        event: &Occasion<'_>,
         models: &Models,
     ) -> anyhow::Result<(Vec<String>, Vec<String>, usize)> {
+        let Occasion {
+            cause,
+            about,
+            generation,
+            dedupe,
+        } = *event;
         let (mut changed, mut failed, mut fired) = (Vec::new(), Vec::new(), 0);
         let mut executions = Vec::new();
         for rule in rules {
@@ -147,6 +148,19 @@ impl Rules {
     }
 }
 
+/// What fired the rules, as the audit trail and the outbox record it.
+#[derive(Clone, Copy)]
+struct Occasion<'a> {
+    /// Why, in words (`message <id>`, `updated Kind/key (revision n, a → b)`).
+    cause: &'a str,
+    /// The model (or topic and message id) a firing that changes no model is about.
+    about: (&'a str, &'a str),
+    /// The generation of the model it is about (0 for a message).
+    generation: i64,
+    /// What makes a publish once-only: the message id, or the model at its generation.
+    dedupe: &'a str,
+}
+
 /// Message rules, as the event step of every exchange/topic they name.
 pub struct RulesStep {
     rules: Rules,
@@ -173,10 +187,12 @@ impl EventStep for RulesStep {
             .run(
                 set.for_message(event),
                 vars,
-                &cause,
-                (&event.topic, &id),
-                0,
-                &id,
+                &Occasion {
+                    cause: &cause,
+                    about: (&event.topic, &id),
+                    generation: 0,
+                    dedupe: &id,
+                },
                 models,
             )
             .await?;
@@ -246,10 +262,12 @@ impl DynPolicy for RulePolicy {
             .run(
                 set.for_model(&self.kind, hook, from, to),
                 vars,
-                &cause,
-                (&row.kind, &row.key),
-                row.generation,
-                &dedupe,
+                &Occasion {
+                    cause: &cause,
+                    about: (&row.kind, &row.key),
+                    generation: row.generation,
+                    dedupe: &dedupe,
+                },
                 models,
             )
             .await?;
