@@ -172,11 +172,26 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
             enters = None;
             let on = st.param(Param::Text(on.into()));
             let until = st.param(Param::Int(*until));
+            // The dependency it waits on may have converged since its round read it (another
+            // replica synced it): that replica's wake-up found this object not yet waiting,
+            // so it would sleep out the whole recheck. If every dependency is in sync now,
+            // it is due now instead.
+            let when = if r.sync_job {
+                format!(
+                    "CASE WHEN EXISTS (SELECT 1 FROM links l WHERE l.src_id = {id}) \
+                     AND NOT EXISTS (SELECT 1 FROM links l WHERE l.src_id = {id} AND NOT EXISTS \
+                     (SELECT 1 FROM objects d WHERE d.kind = l.dst_kind AND d.key = l.dst_key \
+                     AND d.deleted_at IS NULL AND d.enacted >= d.generation)) \
+                     THEN {now} ELSE {until} END"
+                )
+            } else {
+                until.clone()
+            };
             set.extend([
                 keep("backend_status", &on),
                 keep("waiting_on", &on),
                 keep("reason", "'waiting'"),
-                reschedule(&until),
+                reschedule(&when),
             ]);
         }
     }
