@@ -75,6 +75,11 @@ impl Scratch {
         })
     }
 
+    /// Whether it is a PostgreSQL schema (not a SQLite file).
+    pub fn is_postgres(&self) -> bool {
+        self.schema.is_some()
+    }
+
     /// Closes and removes the scratch database.
     pub async fn drop_all(self) -> anyhow::Result<()> {
         self.store.close().await;

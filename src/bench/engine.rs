@@ -50,6 +50,11 @@ impl<M: Model> SyncStep for Noop<M> {
 const DEPS: &str = r#"{ "BenchB": [["BenchA", "a", "bs"]], "BenchC": [["BenchB", "b", "cs"]] }"#;
 
 fn engine(scratch: &Scratch) -> anyhow::Result<Engine> {
+    engine_held_by(scratch, None)
+}
+
+/// The bench engine as replica `holder` (the default holder when none).
+fn engine_held_by(scratch: &Scratch, holder: Option<&str>) -> anyhow::Result<Engine> {
     let mut registry = Registry::new();
     registry.sync(Noop::<Level<0>>(Default::default()))?;
     registry.sync(Noop::<Level<1>>(Default::default()))?;
@@ -58,6 +63,7 @@ fn engine(scratch: &Scratch) -> anyhow::Result<Engine> {
     let mut settings = Settings::default();
     settings.database.url = scratch.url.clone();
     settings.sync.page_size = 1000;
+    settings.sync.holder_id = holder.map(str::to_string);
     settings.pull.enabled = false;
     crate::app::EngineBuilder::new(&settings)
         .registry(registry)
@@ -83,19 +89,7 @@ const TRIALS: usize = 3;
 pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
     let bar = spinner(format!("reconcile {n} objects on {}", backend.name()));
     let scratch = Scratch::new(backend, &args.scratch(), &args.pg_url).await?;
-    let chains = n / 3;
-    scratch.bulk_objects("BenchA", "a", chains, None).await?;
-    scratch
-        .bulk_objects("BenchB", "b", chains, Some(("a", "BenchA", "a")))
-        .await?;
-    scratch
-        .bulk_objects("BenchC", "c", chains, Some(("b", "BenchB", "b")))
-        .await?;
-    if backend == Backend::Postgres {
-        // As autovacuum would soon after a bulk load; without statistics the planner may
-        // scan where it should look up.
-        scratch.exec("ANALYZE").await?;
-    }
+    let chains = chains(&scratch, n).await?;
     let engine = engine(&scratch)?;
     // Best of three trials each, alternating, so a noisy neighbour or a checkpoint in one
     // trial does not decide the ratio.
@@ -103,14 +97,7 @@ pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::
     for _ in 0..TRIALS {
         scratch.make_dirty(None).await?;
         let started = Instant::now();
-        let mut synced = 0;
-        loop {
-            let pass = engine.sync_pass().await?;
-            synced += pass.synced;
-            if pass.attempted() == 0 {
-                break;
-            }
-        }
+        let synced = drain(&engine).await?;
         value = value.max(synced as f64 / started.elapsed().as_secs_f64());
         anyhow::ensure!(
             synced == chains * 3,
@@ -130,6 +117,116 @@ pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::
         "objects/s",
     ))
 }
+
+/// `n / 3` chains of three clean objects (BenchA ← BenchB ← BenchC); returns the chains.
+async fn chains(scratch: &Scratch, n: usize) -> anyhow::Result<usize> {
+    let chains = n / 3;
+    scratch.bulk_objects("BenchA", "a", chains, None).await?;
+    scratch
+        .bulk_objects("BenchB", "b", chains, Some(("a", "BenchA", "a")))
+        .await?;
+    scratch
+        .bulk_objects("BenchC", "c", chains, Some(("b", "BenchB", "b")))
+        .await?;
+    if scratch.is_postgres() {
+        // As autovacuum would soon after a bulk load; without statistics the planner may
+        // scan where it should look up.
+        scratch.exec("ANALYZE").await?;
+    }
+    Ok(chains)
+}
+
+/// Runs sync passes on `engine` until one finds nothing to do; returns the objects synced.
+async fn drain(engine: &Engine) -> anyhow::Result<usize> {
+    let mut synced = 0;
+    loop {
+        let pass = engine.sync_pass().await?;
+        synced += pass.synced;
+        if pass.attempted() == 0 {
+            return Ok(synced);
+        }
+    }
+}
+
+/// Two replicas on one PostgreSQL reconciling the same `n` objects together, against one
+/// alone; and the lease rows each object cost (PostgreSQL's own counters of the `leases`
+/// table: inserts, updates and deletes). Reported, with no goal: on two cores the replicas
+/// share the CPUs with each other and with the database.
+pub async fn replicas(args: &BenchArgs, n: usize) -> anyhow::Result<Vec<Figure>> {
+    let bar = spinner(format!("two replicas reconcile {n} objects on postgres"));
+    let scratch = Scratch::new(Backend::Postgres, &args.scratch(), &args.pg_url).await?;
+    let objects = chains(&scratch, n).await? * 3;
+    let (a, b) = (
+        engine_held_by(&scratch, Some("bench-a"))?,
+        engine_held_by(&scratch, Some("bench-b"))?,
+    );
+    scratch.make_dirty(None).await?;
+    let started = Instant::now();
+    let alone = drain(&a).await?;
+    let single = alone as f64 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        alone == objects,
+        "one replica reconciled {alone} of {objects}"
+    );
+
+    scratch.make_dirty(None).await?;
+    // PostgreSQL flushes an idle connection's table counters within 10 s.
+    let writes = || async {
+        tokio::time::sleep(std::time::Duration::from_secs(11)).await;
+        scratch.count(LEASE_WRITES).await
+    };
+    let before = writes().await?;
+    let started = Instant::now();
+    // Each replica drains what it can claim; one may end while the other's settles make
+    // more due (dependents woken), so both go again until every object is in sync.
+    let (mut by_a, mut by_b) = (0, 0);
+    loop {
+        let (x, y) = tokio::try_join!(drain(&a), drain(&b))?;
+        (by_a, by_b) = (by_a + x, by_b + y);
+        let left = scratch
+            .count("SELECT COUNT(*) FROM objects WHERE enacted < generation")
+            .await?;
+        if left == 0 {
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(300),
+            "two replicas left {left} objects out of sync for 5 minutes"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let both = (by_a + by_b) as f64 / started.elapsed().as_secs_f64();
+    let lease_rows = (writes().await? - before) as f64 / objects as f64;
+    anyhow::ensure!(
+        by_a + by_b == objects,
+        "two replicas reconciled {} of {objects} ({by_a} + {by_b}): some twice or not at all",
+        by_a + by_b
+    );
+    tracing::info!(by_a, by_b, "two replicas shared the objects");
+    scratch.drop_all().await?;
+    bar.finish_and_clear();
+    Ok(vec![
+        Figure::new(
+            "reconcile, 2 replicas vs 1 (postgres)",
+            both,
+            single,
+            Goal::Report,
+            "objects/s",
+        ),
+        Figure::new(
+            "lease rows written per object, 2 replicas",
+            lease_rows,
+            1.0,
+            Goal::Report,
+            "rows",
+        ),
+    ])
+}
+
+/// Rows of the scratch schema's `leases` table inserted, updated and deleted so far (the
+/// statistics collector's counters, which lag a transaction by at most its report interval).
+const LEASE_WRITES: &str = "SELECT COALESCE(SUM(n_tup_ins + n_tup_upd + n_tup_del), 0)::BIGINT \
+    FROM pg_stat_user_tables WHERE relname = 'leases' AND schemaname = current_schema()";
 
 /// Seconds for one sync pass over 1000 dirty models among `n`, vs. among 1000 in all; and
 /// the peak memory of the process while it holds and pages through the `n` models.

@@ -29,7 +29,7 @@ pub struct BenchArgs {
     /// Print the figures as JSON (`[{name, value, baseline, ratio, goal, unit}]`).
     #[arg(long)]
     pub json: bool,
-    /// Only these scenarios, comma-separated or repeated: reconcile, dirty, scan, memory,
+    /// Only these scenarios, comma-separated or repeated: reconcile, replicas, dirty, scan, memory,
     /// events, relay, latency, idle.
     #[arg(long = "only", value_name = "SCENARIO", value_delimiter = ',')]
     pub only: Vec<String>,
@@ -102,8 +102,9 @@ pub async fn run(
     measured: &mut dyn FnMut(&Figure),
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
-    const SCENARIOS: [&str; 8] = [
+    const SCENARIOS: [&str; 9] = [
         "reconcile",
+        "replicas",
         "dirty",
         "scan",
         "memory",
@@ -140,6 +141,15 @@ pub async fn run(
         for b in &backends {
             let r = engine::reconcile(args, *b, n).await.map(|f| vec![f]);
             check!("reconcile", r);
+        }
+    }
+    if args.wants("replicas") {
+        if args.no_postgres {
+            say("replicas: skipped (--no-postgres): replicas share work through PostgreSQL");
+        } else {
+            let n = args.size(args.objects, 100_000, 10_000);
+            let r = engine::replicas(args, n).await;
+            check!("replicas", r);
         }
     }
     if args.wants("dirty") || args.wants("memory") {

@@ -11,6 +11,8 @@ pub enum Goal {
     AtLeast(f64),
     /// The ratio must be at most this (cost, time, memory).
     AtMost(f64),
+    /// Reported only: no goal holds on this machine (two replicas on two cores).
+    Report,
 }
 
 impl fmt::Display for Goal {
@@ -18,6 +20,7 @@ impl fmt::Display for Goal {
         match self {
             Goal::AtLeast(g) => write!(f, ">= {g}"),
             Goal::AtMost(g) => write!(f, "<= {g}"),
+            Goal::Report => write!(f, "none"),
         }
     }
 }
@@ -64,6 +67,16 @@ impl Figure {
         match self.goal {
             Goal::AtLeast(g) => self.ratio >= g,
             Goal::AtMost(g) => self.ratio <= g,
+            Goal::Report => true,
+        }
+    }
+
+    /// The MET column: yes, NO, or `-` for a figure without a goal.
+    pub fn verdict(&self) -> &'static str {
+        match (self.goal, self.met()) {
+            (Goal::Report, _) => "-",
+            (_, true) => "yes",
+            (_, false) => "NO",
         }
     }
 }

@@ -37,7 +37,7 @@ fn table(figures: &[Figure]) -> anyhow::Result<()> {
             format!("{} {}", human(f.baseline), f.unit),
             format!("{:.2}", f.ratio),
             f.goal.to_string(),
-            if f.met() { "yes" } else { "NO" }.into(),
+            f.verdict().into(),
         ]);
     }
     out!("{}", table.render());
@@ -55,6 +55,10 @@ fn announce(f: &Figure) {
         f.unit,
         f.ratio,
         f.goal,
-        if f.met() { "met" } else { "NOT met" }
+        match f.verdict() {
+            "yes" => "met",
+            "NO" => "NOT met",
+            _ => "reported",
+        }
     ));
 }
