@@ -127,9 +127,9 @@ impl Settler {
                 dirty: false,
                 missing: false,
                 reported: 0,
-                // Not stored: as if the marker was there, so a change made while no process
-                // watched settles by the window rather than on the marker.
-                marked: true,
+                // Not stored: a marker found at the first listing after a restart vouches, as
+                // at first sight (so `run --once` from cron takes a marked dataset at once).
+                marked: false,
                 vouched: false,
             });
         }
