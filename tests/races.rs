@@ -318,6 +318,29 @@ async fn a_wait_written_after_its_dependency_converged_is_due_at_once(backend: B
     };
     store.settle("a", T0, &[record(&c[0], wait)]).await.unwrap();
     assert_eq!(h.row("Child", "c").await.next_attempt_at, Some(T0 + 60_000));
+
+    // PostgreSQL: the Parent is being written by another transaction right now (a replica's
+    // settle, not yet committed, whose wake-up cannot see this wait): the wait is rechecked
+    // within a second, not after the whole recheck.
+    if backend == Backend::Postgres {
+        let t1 = T0 + 60_000;
+        let writer = Locker::hold(
+            &h.db.url,
+            "UPDATE objects SET updated_at = updated_at WHERE kind = 'Parent'",
+        )
+        .await;
+        let c = store
+            .claim_due("Child", t1, t1, 10, "a", t1 + 600_000)
+            .await
+            .unwrap();
+        let wait = Settled::Waiting {
+            on: "waiting on Parent p: not yet synced".into(),
+            until: t1 + 60_000,
+        };
+        store.settle("a", t1, &[record(&c[0], wait)]).await.unwrap();
+        assert_eq!(h.row("Child", "c").await.next_attempt_at, Some(t1 + 1_000));
+        drop(writer);
+    }
 }
 
 both_backends!(

@@ -75,10 +75,13 @@ pub struct Settlement {
 /// statement changes no row (see [`Settlement::rerun`]). An object changed meanwhile so that
 /// the outcome no longer decides what happens next (a new generation; a deletion that came
 /// while a sync ran) keeps its own schedule and error state; its status write still lands.
-fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
+/// `busy`: a dependency of a waiting object is being written by another transaction right
+/// now (PostgreSQL: its row is locked) and may be converging; that transaction's wake-up
+/// cannot see this wait yet, so the wait is rechecked within [`BUSY_RECHECK_MS`].
+fn outcome_statement(r: &OutcomeRecord, now_ms: i64, busy: bool) -> Option<Statement<'_>> {
     let mut st = Statement::default();
     let id = st.param(Param::Int(r.id));
-    let now = st.param(Param::Int(now));
+    let now = st.param(Param::Int(now_ms));
     let generation = st.param(Param::Int(r.generation));
     let sup = if r.sync_job {
         format!("(generation > {generation} OR deleted_at IS NOT NULL)")
@@ -171,7 +174,12 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
         Settled::Waiting { on, until } => {
             enters = None;
             let on = st.param(Param::Text(on.into()));
-            let until = st.param(Param::Int(*until));
+            let until = if busy {
+                (*until).min(now_ms.saturating_add(BUSY_RECHECK_MS))
+            } else {
+                *until
+            };
+            let until = st.param(Param::Int(until));
             // The dependency it waits on may have converged since its round read it (another
             // replica synced it): that replica's wake-up found this object not yet waiting,
             // so it would sleep out the whole recheck. If every dependency is in sync now,
@@ -210,6 +218,18 @@ fn outcome_statement(r: &OutcomeRecord, now: i64) -> Option<Statement<'_>> {
     Some(st)
 }
 
+/// How soon a wait behind a dependency being written by another transaction is rechecked.
+const BUSY_RECHECK_MS: i64 = 1_000;
+
+/// PostgreSQL: share-locks the dependency rows of a waiting object that no other transaction
+/// is writing, and counts those it could not lock. Once locked, no waker can commit a change
+/// to them before this settle commits (so its wake-up sees this wait), and the wait's own
+/// statement, in a later snapshot, sees every change committed before.
+const LOCK_DEPENDENCIES_SQL: &str = "SELECT (SELECT COUNT(*) FROM links l JOIN objects d \
+    ON d.kind = l.dst_kind AND d.key = l.dst_key WHERE l.src_id = $1) - \
+    (SELECT COUNT(*) FROM (SELECT d.id FROM links l JOIN objects d ON d.kind = l.dst_kind \
+    AND d.key = l.dst_key WHERE l.src_id = $1 FOR SHARE OF d SKIP LOCKED) locked)";
+
 /// An outcome whose status write lost to an event: due again now, nothing else changed.
 const RERUN_SQL: &str = "UPDATE objects SET need_delete = TRUE, updated_at = $2, \
     reason = 'status_changed', next_attempt_at = CASE WHEN next_attempt_at IS NULL \
@@ -230,9 +250,18 @@ const WAKE_DEPENDENTS_SQL: &str =
 /// (false: its status write lost to an event, and it was made due again instead). A macro
 /// only because the two backends' transactions are different types.
 macro_rules! settle_one {
-    ($tx:ident, $now:expr, $r:expr) => {{
+    ($tx:ident, $now:expr, $r:expr, $pg:expr) => {{
         let r: &OutcomeRecord = $r;
-        match outcome_statement(r, $now) {
+        let busy = if $pg && r.sync_job && matches!(r.settled, Settled::Waiting { .. }) {
+            let busy: i64 = sqlx::query_scalar(LOCK_DEPENDENCIES_SQL)
+                .bind(r.id)
+                .fetch_one(&mut *$tx)
+                .await?;
+            busy > 0
+        } else {
+            false
+        };
+        match outcome_statement(r, $now, busy) {
             None if matches!(r.settled, Settled::Reaped) => {
                 sqlx::query(WAKE_PARENTS_SQL)
                     .bind($now)
@@ -293,6 +322,7 @@ impl Store {
             return Ok(settlement);
         }
         let ids: Vec<i64> = records.iter().map(|r| r.id).collect();
+        let pg = matches!(self.db, super::Db::Postgres(_));
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin_write().await?;
             // Which leases are still ours. PostgreSQL deletes them here: the rows stay locked
@@ -321,7 +351,7 @@ impl Store {
                         && matches!(r.settled, Settled::Synced)
                 });
             for r in &single {
-                if !settle_one!(tx, now, r) {
+                if !settle_one!(tx, now, r, pg) {
                     settlement.rerun.push(r.id);
                 }
             }
@@ -457,7 +487,7 @@ mod tests {
         for settled in every_outcome() {
             for (status, sync_job) in [(false, true), (true, true), (true, false)] {
                 let r = record(settled.clone(), status, sync_job);
-                let st = outcome_statement(&r, 1_000).expect("a statement");
+                let st = outcome_statement(&r, 1_000, false).expect("a statement");
                 let used = placeholders(&st.sql);
                 let bound: std::collections::BTreeSet<usize> = (1..=st.params.len()).collect();
                 assert_eq!(used, bound, "{:?}: {}", r.settled, st.sql);
@@ -469,7 +499,7 @@ mod tests {
     fn a_status_write_is_compare_and_set_and_a_deletion_supersedes_only_a_sync() {
         let sql = |status, sync_job| {
             let r = record(Settled::Synced, status, sync_job);
-            outcome_statement(&r, 1).unwrap().sql
+            outcome_statement(&r, 1, false).unwrap().sql
         };
         assert!(sql(true, true).contains("AND status = $"));
         assert!(sql(true, true).contains("OR deleted_at IS NOT NULL"));
@@ -479,7 +509,7 @@ mod tests {
 
     #[test]
     fn released_and_reaped_outcomes_write_no_outcome_statement() {
-        assert!(outcome_statement(&record(Settled::Released, false, true), 1).is_none());
-        assert!(outcome_statement(&record(Settled::Reaped, false, false), 1).is_none());
+        assert!(outcome_statement(&record(Settled::Released, false, true), 1, false).is_none());
+        assert!(outcome_statement(&record(Settled::Reaped, false, false), 1, false).is_none());
     }
 }
