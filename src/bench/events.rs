@@ -40,9 +40,10 @@ fn message(i: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A scratch store holding the Ingestions of requests 1..=`requests`, each Submitted.
-async fn requests(args: &BenchArgs, requests: usize) -> anyhow::Result<Scratch> {
-    let scratch = Scratch::new(Backend::Sqlite, &args.scratch(), &args.pg_url).await?;
+/// A scratch store on `backend` holding the Ingestions of requests 1..=`requests`, each
+/// Submitted.
+async fn requests(args: &BenchArgs, backend: Backend, requests: usize) -> anyhow::Result<Scratch> {
+    let scratch = Scratch::new(backend, &args.scratch(), &args.pg_url).await?;
     scratch
         .exec(&format!(
             "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {requests}) \
@@ -53,6 +54,9 @@ async fn requests(args: &BenchArgs, requests: usize) -> anyhow::Result<Scratch> 
              1, 0, 1, 1, 0, 0 FROM s"
         ))
         .await?;
+    if scratch.is_postgres() {
+        scratch.exec("ANALYZE objects").await?;
+    }
     Ok(scratch)
 }
 
@@ -67,10 +71,15 @@ async fn apply_raw(scratch: &Scratch, payloads: &[Vec<u8>]) -> anyhow::Result<()
             .ok_or_else(|| anyhow::anyhow!("no capability_request_id"))?;
         keys.push(format!("'VLA/obs{id}'"));
     }
+    let set = if scratch.is_postgres() {
+        "jsonb_set(status::jsonb, '{state}', '\"Executing\"')::text"
+    } else {
+        "json_set(status, '$.state', 'Executing')"
+    };
     scratch
         .exec(&format!(
-            "UPDATE objects SET status = json_set(status, '$.state', 'Executing'), \
-             revision = revision + 1 WHERE kind = 'Ingestion' AND key IN ({})",
+            "UPDATE objects SET status = {set}, revision = revision + 1 \
+             WHERE kind = 'Ingestion' AND key IN ({})",
             keys.join(", ")
         ))
         .await
@@ -78,10 +87,11 @@ async fn apply_raw(scratch: &Scratch, payloads: &[Vec<u8>]) -> anyhow::Result<()
 
 async fn world(
     args: &BenchArgs,
+    backend: Backend,
     events: EventsSettings,
     n: usize,
 ) -> anyhow::Result<(Scratch, Engine)> {
-    let scratch = requests(args, n).await?;
+    let scratch = requests(args, backend, n).await?;
     let mut settings = Settings::default();
     settings.database.url = scratch.url.clone();
     settings.events = events;
@@ -108,8 +118,8 @@ pub(super) fn unique(name: &str) -> String {
     format!("thalamus.bench.{name}.{nanos}")
 }
 
-/// Kafka: messages/s applied vs. a raw counting consumer.
-pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
+/// Kafka: messages/s applied on `backend` vs. the fair consumer on the same backend.
+pub async fn kafka(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
     let topic = unique("status");
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &args.kafka)
@@ -151,7 +161,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     eprintln!("  events via Kafka: transport speed (a consumer that only counts) {transport:.0} messages/s");
 
     // Fair: the same crate, a fresh group, each batch's UPDATE committed, then the offsets.
-    let scratch = requests(args, n).await?;
+    let scratch = requests(args, backend, n).await?;
     let fair: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &args.kafka)
         .set("group.id", unique("fair"))
@@ -189,7 +199,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     events
         .aliases
         .insert(topic, crate::steps::events::STATUS_TOPIC.into());
-    let (scratch, engine) = world(args, events.clone(), n).await?;
+    let (scratch, engine) = world(args, backend, events.clone(), n).await?;
     let source = KafkaSource::connect(&events, engine.event_metrics(), None).await?;
     let shutdown = CancellationToken::new();
     // The group join is not part of the rate: the clock starts at the first message.
@@ -216,7 +226,7 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     );
     scratch.drop_all().await?;
     Ok(Figure::new(
-        "events via Kafka",
+        format!("events via Kafka ({})", backend.name()),
         value,
         baseline,
         Goal::AtLeast(0.5),
@@ -224,8 +234,8 @@ pub async fn kafka(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     ))
 }
 
-/// AMQP: messages/s applied vs. a raw counting consumer.
-pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
+/// AMQP: messages/s applied on `backend` vs. the fair consumer on the same backend.
+pub async fn amqp(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
     let exchange = unique("status");
     let mut events = EventsSettings::default();
     events.amqp.url = args.amqp.clone();
@@ -280,7 +290,7 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
 
     // Fair: per batch of what has arrived, the UPDATE committed, then one multiple-ack.
     publish().await?;
-    let scratch = requests(args, n).await?;
+    let scratch = requests(args, backend, n).await?;
     let conn = Connection::connect(&args.amqp, ConnectionProperties::default()).await?;
     let channel = conn.create_channel().await?;
     let mut fair = channel
@@ -318,7 +328,7 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
     scratch.drop_all().await?;
 
     publish().await?;
-    let (scratch, engine) = world(args, events.clone(), n).await?;
+    let (scratch, engine) = world(args, backend, events.clone(), n).await?;
     let shutdown = CancellationToken::new();
     let mut session = AmqpSession::connect(&events).await?;
     let metrics = engine.event_metrics();
@@ -349,7 +359,7 @@ pub async fn amqp(args: &BenchArgs, n: usize) -> anyhow::Result<Figure> {
         .await?;
     scratch.drop_all().await?;
     Ok(Figure::new(
-        "events via AMQP",
+        format!("events via AMQP ({})", backend.name()),
         value,
         baseline,
         Goal::AtLeast(0.5),

@@ -168,16 +168,20 @@ pub async fn run(
         let n = args.size(args.messages, 100_000, 10_000);
         match crate::bus::reachable(&args.kafka).await {
             Ok(()) => {
-                let r = events::kafka(args, n).await.map(|f| vec![f]);
-                check!("events via Kafka", r);
+                for b in &backends {
+                    let r = events::kafka(args, *b, n).await.map(|f| vec![f]);
+                    check!("events via Kafka", r);
+                }
             }
             Err(why) => say(&format!(
                 "events via Kafka: skipped, no broker answers at {} ({why}); --kafka HOST:PORT names one",
                 args.kafka
             )),
         }
-        let r = events::amqp(args, n).await.map(|f| vec![f]);
-        check!("events via AMQP", r);
+        for b in &backends {
+            let r = events::amqp(args, *b, n).await.map(|f| vec![f]);
+            check!("events via AMQP", r);
+        }
     }
     if args.wants("relay") {
         let n = args.size(args.messages, 100_000, 10_000);
