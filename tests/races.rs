@@ -290,17 +290,27 @@ async fn a_wait_written_after_its_dependency_converged_is_due_at_once(backend: B
         .settle("b", T0, &[record(&p[0], Settled::Synced)])
         .await
         .unwrap();
-    // Replica a now writes the wait it decided on, with a recheck a minute away.
-    let wait = Settled::Waiting {
-        on: "waiting on Parent p: not yet synced".into(),
-        until: T0 + 60_000,
+    // Replica a writes, at `t`, the wait it decided on for the Child it claimed (its
+    // Parent not in sync as it read it), with a recheck a minute away; returns when the Child
+    // is due next.
+    let (h, record) = (&h, &record);
+    let wait = |child: thalamus::store::ObjectRow, t: i64| async move {
+        let wait = Settled::Waiting {
+            on: "waiting on Parent p: not yet synced".into(),
+            until: t + 60_000,
+        };
+        store.settle("a", t, &[record(&child, wait)]).await.unwrap();
+        h.row("Child", "c").await.next_attempt_at
     };
-    store.settle("a", T0, &[record(&c[0], wait)]).await.unwrap();
-    assert_eq!(
-        h.row("Child", "c").await.next_attempt_at,
-        Some(T0),
-        "due at once"
-    );
+    let claim = |t: i64| async move {
+        let mut c = store
+            .claim_due("Child", t, t, 10, "a", t + 600_000)
+            .await
+            .unwrap();
+        c.pop().expect("the Child, due")
+    };
+    // Replica a claimed the Child before b synced the Parent.
+    assert_eq!(wait(c[0].clone(), T0).await, Some(T0), "due at once");
 
     // A wait on a dependency still out of sync keeps its recheck.
     h.models().upsert("p", &Parent { value: 2 }).await.unwrap();
@@ -308,37 +318,19 @@ async fn a_wait_written_after_its_dependency_converged_is_due_at_once(backend: B
         .upsert("c", &Child { value: 2, ..child })
         .await
         .unwrap();
-    let c = store
-        .claim_due("Child", T0, T0, 10, "a", lease)
-        .await
-        .unwrap();
-    let wait = Settled::Waiting {
-        on: "waiting on Parent p: not yet synced".into(),
-        until: T0 + 60_000,
-    };
-    store.settle("a", T0, &[record(&c[0], wait)]).await.unwrap();
-    assert_eq!(h.row("Child", "c").await.next_attempt_at, Some(T0 + 60_000));
+    assert_eq!(wait(claim(T0).await, T0).await, Some(T0 + 60_000));
 
     // PostgreSQL: the Parent is being written by another transaction right now (a replica's
     // settle, not yet committed, whose wake-up cannot see this wait): the wait is rechecked
     // within a second, not after the whole recheck.
     if backend == Backend::Postgres {
-        let t1 = T0 + 60_000;
         let writer = Locker::hold(
             &h.db.url,
             "UPDATE objects SET updated_at = updated_at WHERE kind = 'Parent'",
         )
         .await;
-        let c = store
-            .claim_due("Child", t1, t1, 10, "a", t1 + 600_000)
-            .await
-            .unwrap();
-        let wait = Settled::Waiting {
-            on: "waiting on Parent p: not yet synced".into(),
-            until: t1 + 60_000,
-        };
-        store.settle("a", t1, &[record(&c[0], wait)]).await.unwrap();
-        assert_eq!(h.row("Child", "c").await.next_attempt_at, Some(t1 + 1_000));
+        let t1 = T0 + 60_000;
+        assert_eq!(wait(claim(t1).await, t1).await, Some(t1 + 1_000));
         drop(writer);
     }
 }
