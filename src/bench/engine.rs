@@ -82,7 +82,7 @@ pub(super) fn spinner(msg: String) -> ProgressBar {
     bar
 }
 
-/// Trials of each side in the reconcile scenario; the best of each is reported.
+/// Trials of each side in the reconcile scenario; the worst trial is reported, with the spread.
 const TRIALS: usize = 3;
 
 /// Objects/s of a full reconcile of `n` objects in 3-level chains vs. the raw batched writes.
@@ -91,28 +91,42 @@ pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::
     let scratch = Scratch::new(backend, &args.scratch(), &args.pg_url).await?;
     let chains = chains(&scratch, n).await?;
     let engine = engine(&scratch)?;
-    // Best of three trials each, alternating, so a noisy neighbour or a checkpoint in one
-    // trial does not decide the ratio.
-    let (mut value, mut baseline) = (0.0f64, 0.0f64);
+    // Three trials, each side in turn, so both meet the same machine; the trial with the
+    // worst ratio is the figure (a goal met only by a lucky trial is not met), and the spread
+    // of the ratios is said beside it.
+    let mut trials: Vec<(f64, f64)> = Vec::with_capacity(TRIALS);
     for _ in 0..TRIALS {
         scratch.make_dirty(None).await?;
         let started = Instant::now();
         let synced = drain(&engine).await?;
-        value = value.max(synced as f64 / started.elapsed().as_secs_f64());
+        let value = synced as f64 / started.elapsed().as_secs_f64();
         anyhow::ensure!(
             synced == chains * 3,
             "reconciled {synced} of {} objects",
             chains * 3
         );
         scratch.make_dirty(None).await?;
-        baseline = baseline.max(scratch.raw_batched_rate().await?);
+        trials.push((value, scratch.raw_batched_rate().await?));
     }
     scratch.drop_all().await?;
     bar.finish_and_clear();
+    let ratios: Vec<f64> = trials.iter().map(|(v, b)| v / b).collect();
+    let (lo, hi) = ratios
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+    eprintln!(
+        "  reconcile ({}): ratios of the {TRIALS} trials {lo:.2}-{hi:.2}; the worst is the figure",
+        backend.name()
+    );
+    let worst = trials
+        .iter()
+        .zip(&ratios)
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .map_or((0.0, 0.0), |(t, _)| *t);
     Ok(Figure::new(
         format!("reconcile ({})", backend.name()),
-        value,
-        baseline,
+        worst.0,
+        worst.1,
         Goal::AtLeast(0.5),
         "objects/s",
     ))
