@@ -156,7 +156,7 @@ async fn drain(engine: &Engine) -> anyhow::Result<usize> {
     loop {
         let pass = engine.sync_pass().await?;
         synced += pass.synced;
-        if pass.attempted() == 0 {
+        if !pass.another_pass() {
             return Ok(synced);
         }
     }

@@ -1,6 +1,7 @@
 //! Latency: from the last write of a dataset on local disk to its ingestion request created
 //! at a local Workspaces stand-in, with the inotify hint. Goal: within the settle window + 1 s.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use super::db::{Backend, Scratch};
 use super::standin;
 use super::{BenchArgs, Figure, Goal};
 use crate::config::Settings;
+use crate::engine::Engine;
 use crate::graph::DepGraph;
 
 /// Seconds from the last write to the create call, against the settle window + 1 s.
@@ -41,35 +43,13 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
 
     let scratch = Scratch::new(Backend::Sqlite, &args.scratch(), &args.pg_url).await?;
     let settle = 1u64;
-    let mut settings = Settings::default();
-    // File → request needs no rule (and the bench may run anywhere, away from `rules/`).
-    settings.rules.paths.clear();
-    settings.database.url = scratch.url.clone();
-    settings.sources.vla.path = root.join("sdm");
-    settings.sources.vla.bdf_path = None;
-    settings.sources.vla.settle_seconds = settle;
-    settings.sources.vla.poll_seconds = 30; // only the hint and the settle deadline make it sooner
-    settings.sources.vlba.enabled = false;
-    settings.workspaces.url = url;
-    let registry = crate::app::registry(&settings)?;
-    let graph = DepGraph::parse(
-        "model-deps.json",
-        include_str!("../../model-deps.json"),
-        &registry.sync_kinds(),
-    )?;
-    let engine = crate::app::EngineBuilder::new(&settings)
-        .registry(registry)
-        .graph(graph)
-        .build(scratch.store.clone())?;
+    let engine = watching(&scratch, &root, settle, url)?;
     let run = {
         let e = engine.clone();
         tokio::spawn(async move { e.run().await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await; // the first, empty poll
-    let dataset = root.join("sdm/24A-999.sb1.eb1");
-    std::fs::create_dir_all(&dataset)?;
-    std::fs::write(dataset.join("Main.xml"), "<MainTable/>")?;
-    std::fs::write(dataset.join("Antenna.xml"), vec![b'x'; 1 << 20])?;
+    write_dataset(&root, "24A-999.sb1.eb1")?;
     let written = Instant::now();
     tokio::time::timeout(Duration::from_secs(30), created.notified())
         .await
@@ -88,4 +68,43 @@ pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
         Goal::AtMost(1.0),
         "s",
     ))
+}
+
+/// A controller on `scratch` that watches `root/sdm` (settle window `settle` s, polled every
+/// 30 s, so only the inotify hint and the settle deadline make it sooner) and asks the
+/// Workspaces at `url`.
+pub(super) fn watching(
+    scratch: &Scratch,
+    root: &Path,
+    settle: u64,
+    url: String,
+) -> anyhow::Result<Engine> {
+    let mut settings = Settings::default();
+    // File → request needs no rule (and the bench may run anywhere, away from `rules/`).
+    settings.rules.paths.clear();
+    settings.database.url = scratch.url.clone();
+    settings.sources.vla.path = root.join("sdm");
+    settings.sources.vla.bdf_path = None;
+    settings.sources.vla.settle_seconds = settle;
+    settings.sources.vla.poll_seconds = 30;
+    settings.sources.vlba.enabled = false;
+    settings.workspaces.url = url;
+    let registry = crate::app::registry(&settings)?;
+    let graph = DepGraph::parse(
+        "model-deps.json",
+        include_str!("../../model-deps.json"),
+        &registry.sync_kinds(),
+    )?;
+    crate::app::EngineBuilder::new(&settings)
+        .registry(registry)
+        .graph(graph)
+        .build(scratch.store.clone())
+}
+
+/// Writes a small SDM `name` under `root/sdm` (Main.xml, then a 1 MB table).
+pub(super) fn write_dataset(root: &Path, name: &str) -> std::io::Result<()> {
+    let dataset = root.join("sdm").join(name);
+    std::fs::create_dir_all(&dataset)?;
+    std::fs::write(dataset.join("Main.xml"), "<MainTable/>")?;
+    std::fs::write(dataset.join("Antenna.xml"), vec![b'x'; 1 << 20])
 }

@@ -2,6 +2,7 @@
 //! e.g. the same SQL written directly) and thalamus back to back, and reports the ratio, so
 //! the figures mean something on any hardware.
 
+mod backlog;
 mod db;
 mod engine;
 mod events;
@@ -30,7 +31,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Only these scenarios, comma-separated or repeated: reconcile, replicas, dirty, scan, memory,
-    /// events, relay, latency, idle.
+    /// events, relay, latency, backlog, idle.
     #[arg(long = "only", value_name = "SCENARIO", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Objects in the reconcile scenario (default 100000; --quick 10000).
@@ -102,7 +103,7 @@ pub async fn run(
     measured: &mut dyn FnMut(&Figure),
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
-    const SCENARIOS: [&str; 9] = [
+    const SCENARIOS: [&str; 10] = [
         "reconcile",
         "replicas",
         "dirty",
@@ -111,6 +112,7 @@ pub async fn run(
         "events",
         "relay",
         "latency",
+        "backlog",
         "idle",
     ];
     for s in &args.only {
@@ -191,6 +193,14 @@ pub async fn run(
     if args.wants("latency") {
         let r = latency::latency(args).await.map(|f| vec![f]);
         check!("latency", r);
+    }
+    if args.wants("backlog") {
+        // 10,000 rechecks take 8 min to drain at 20 calls/s: the scenario stops long before.
+        let n = args.size(None, 10_000, 1_000);
+        for b in &backends {
+            let r = backlog::backlog_scenario(args, *b, n).await;
+            check!("backlog", r);
+        }
     }
     if args.wants("idle") {
         let n = args.size(args.datasets, 10_000, 1_000);

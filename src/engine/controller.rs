@@ -64,7 +64,7 @@ impl Engine {
         while !self.shutdown.is_cancelled() {
             let policy = self.policy_pass().await?;
             let sync = self.sync_pass().await?;
-            if policy.handled == 0 && sync.attempted() == 0 {
+            if policy.handled == 0 && !sync.another_pass() {
                 break;
             }
         }

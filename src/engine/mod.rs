@@ -60,6 +60,8 @@ pub struct Engine {
     holder: String,
     shutdown: CancellationToken,
     wake: Arc<Notify>,
+    /// Counts wake-ups: a round of rechecks and retries watches it to yield to news.
+    news: Arc<tokio::sync::watch::Sender<u64>>,
     events: Arc<EventMetrics>,
     /// Reconciles by kind and result, steps running now: controller-runtime's metrics.
     pub(crate) reconciles: Arc<ReconcileMetrics>,
@@ -117,6 +119,7 @@ impl Engine {
             holder,
             shutdown: CancellationToken::new(),
             wake: Arc::new(Notify::new()),
+            news: Arc::new(tokio::sync::watch::Sender::new(0)),
             events: Arc::new(EventMetrics::new()),
             reconciles: Arc::default(),
             health: Arc::new(StoreHealth::default()),
@@ -186,9 +189,11 @@ impl Engine {
         self.announcers.written.clone()
     }
 
-    /// Makes a sleeping [`Engine::run`] look for work now.
+    /// Makes a sleeping [`Engine::run`] look for work now, and a running round of rechecks
+    /// and retries yield to it (something changed: a pull, an event, an operator).
     pub fn wake(&self) {
         self.wake.notify_one();
+        self.news.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// One poll of every pull step, then policy and sync passes until nothing more is
@@ -205,7 +210,7 @@ impl Engine {
             let policy = self.policy_pass().await?;
             let sync = self.sync_pass().await?;
             report.passes += 1;
-            let progress = policy.handled > 0 || sync.attempted() > 0;
+            let progress = policy.handled > 0 || sync.another_pass();
             report.policy += policy;
             report.sync += sync;
             if !progress {

@@ -50,6 +50,8 @@ pub struct ReconcileMetrics {
     time: TimeFamily,
     retries: Family<QueueLabel, Counter>,
     active: Family<ControllerLabel, Gauge>,
+    /// Rounds of rechecks and retries that gave way to news: how often a backlog paused.
+    yields: Counter,
     /// Steps running now: id → what runs, since when.
     running: Mutex<HashMap<u64, RunningStep>>,
     next: AtomicU64,
@@ -63,6 +65,7 @@ impl Default for ReconcileMetrics {
             time: Family::new_with_constructor(reconcile_histogram as fn() -> Histogram),
             retries: Family::default(),
             active: Family::default(),
+            yields: Counter::default(),
             running: Mutex::default(),
             next: AtomicU64::new(0),
         }
@@ -149,6 +152,16 @@ impl ReconcileMetrics {
             .observe(duration_ms.max(0) as f64 / 1000.0);
     }
 
+    /// A round of rechecks and retries gave way to news.
+    pub fn yielded(&self) {
+        self.yields.inc();
+    }
+
+    /// How many rounds of rechecks and retries have given way to news.
+    pub fn yields(&self) -> u64 {
+        self.yields.get()
+    }
+
     /// How long the longest step of each kind running now has been running.
     pub fn longest_running(&self) -> HashMap<String, Duration> {
         let mut longest: HashMap<String, Duration> = HashMap::new();
@@ -192,6 +205,11 @@ impl ReconcileMetrics {
             "controller_runtime_active_workers",
             "Number of currently used workers per controller",
             self.active.clone(),
+        );
+        registry.register(
+            "thalamus_sync_yields",
+            "Rounds of rechecks and retries that gave way to news",
+            self.yields.clone(),
         );
         registry.register(
             "workqueue_retries",

@@ -18,12 +18,20 @@ pub struct SyncReport {
     pub lost: usize,
     /// Ran, but an event changed the status meanwhile: due again at once, not recorded.
     pub rerun: usize,
+    /// Rounds of rechecks and retries that gave back their unstarted objects because news
+    /// came (see [`crate::store::Lane`]): the pass ends so policies and news go first.
+    pub yielded: usize,
 }
 
 impl SyncReport {
     /// Steps that ran (or objects reaped): the measure of progress.
     pub fn attempted(&self) -> usize {
         self.synced + self.deferred + self.failed + self.permanent + self.reaped
+    }
+
+    /// Whether another pass may find work now: steps ran, or a round yielded to news.
+    pub fn another_pass(&self) -> bool {
+        self.attempted() > 0 || self.yielded > 0
     }
 }
 
@@ -38,5 +46,6 @@ impl AddAssign for SyncReport {
         self.released += o.released;
         self.lost += o.lost;
         self.rerun += o.rerun;
+        self.yielded += o.yielded;
     }
 }

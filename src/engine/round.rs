@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt as _, StreamExt as _};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
@@ -27,6 +28,9 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// Outcomes are written at once when this many have piled up (a page's worth by default:
 /// each write is a transaction, and a round of quick steps is best stored in one).
 const FLUSH_AT: usize = 1000;
+/// A round of rechecks and retries yields to news no sooner than this after it began, so
+/// a stream of events cannot make it give back its page over and over.
+const YIELD_AFTER: Duration = Duration::from_millis(250);
 /// First and longest wait before the store is tried again after a failure.
 const RETRY_FIRST: Duration = Duration::from_millis(250);
 const RETRY_MAX: Duration = Duration::from_secs(5);
@@ -146,8 +150,18 @@ impl<'e> Round<'e> {
 
     /// Runs the round to completion (or until shutdown's grace runs out). Never fails: a
     /// store that cannot take outcomes holds them and pauses new steps until it answers.
-    pub async fn run(mut self, blocked: Vec<(usize, String)>) -> SyncReport {
+    /// With `news` (a round of rechecks and retries), news yields the round: no more steps
+    /// start, the running ones finish, and the rest are given back.
+    pub async fn run(
+        mut self,
+        blocked: Vec<(usize, String)>,
+        mut news: Option<&mut watch::Receiver<u64>>,
+    ) -> SyncReport {
         let e = self.engine;
+        let began = Instant::now();
+        // When news came, the round yields at this time; once it does, nothing starts.
+        let mut yield_at: Option<Instant> = None;
+        let mut yielding = false;
         for (i, message) in blocked {
             self.wait(i, message);
         }
@@ -160,11 +174,11 @@ impl<'e> Round<'e> {
         let mut tasks: FuturesUnordered<Running> = FuturesUnordered::new();
         let mut call: Option<Call> = None;
         loop {
-            if self.grace_until.is_none() && !self.extending {
+            if self.grace_until.is_none() && !self.extending && !yielding {
                 let extend = self.start_ready(&mut ready, &mut tasks, call.is_none());
                 call = call.or(extend);
             }
-            let stuck = self.grace_until.is_some() || ready.is_empty();
+            let stuck = self.grace_until.is_some() || yielding || ready.is_empty();
             if tasks.is_empty() && stuck && call.is_none() {
                 break;
             }
@@ -182,6 +196,15 @@ impl<'e> Round<'e> {
                 done = in_flight(&mut call), if call.is_some() => {
                     call = None;
                     self.end_call(done);
+                }
+                _ = changed(&mut news), if yield_at.is_none() => {
+                    yield_at = Some((began + YIELD_AFTER).max(Instant::now()));
+                }
+                _ = sleep_until(yield_at), if yield_at.is_some() && !yielding => {
+                    yielding = true;
+                    self.report.yielded = 1;
+                    e.reconciles.yielded();
+                    info!(running = tasks.len(), "news came: the rechecks and retries not yet started wait for the next pass");
                 }
                 _ = e.shutdown.cancelled(), if self.grace_until.is_none() => {
                     let secs = e.settings.sync.shutdown_grace_seconds;
@@ -652,6 +675,16 @@ async fn in_flight(call: &mut Option<Call>) -> Done {
         Some(call) => call.await,
         None => std::future::pending().await,
     }
+}
+
+/// Resolves when the news counter moves (never without one, or once its engine is gone).
+async fn changed(news: &mut Option<&mut watch::Receiver<u64>>) {
+    if let Some(news) = news {
+        if news.changed().await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 async fn sleep_until(at: Option<Instant>) {

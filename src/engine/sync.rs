@@ -5,16 +5,20 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 
 use anyhow::Context as _;
+use tokio::sync::watch;
 use tracing::{debug, info};
 
 use super::report::SyncReport;
 use super::round::{Node, Round};
 use super::Engine;
-use crate::store::{DependencyState, ObjectRow, OutcomeRecord, Settled};
+use crate::store::{ClaimRequest, DependencyState, Lane, ObjectRow, OutcomeRecord, Settled};
 
 impl Engine {
-    /// Runs every object that is dirty and due as of the start of the pass, in rounds of at
-    /// most `sync.page_size` objects. Objects rescheduled during the pass wait for the next.
+    /// Runs every object that is dirty and due, in rounds of at most `sync.page_size`
+    /// objects: news first, as it comes, then what was due again as of the start of the
+    /// pass (rechecks and retries rescheduled during the pass wait for the next; see
+    /// [`Lane`]). A round of rechecks and retries yields when news comes, and so does the
+    /// pass, so policies and news run before the backlog goes on.
     /// The next page is claimed while a round runs, so the claim's SQL overlaps the steps;
     /// its dependencies are read only when it runs, after the round's outcomes are stored.
     /// A pass that fails part-way (the store is down) leaves no lease behind for long: the
@@ -43,6 +47,7 @@ impl Engine {
 
     async fn sync_rounds(&self) -> anyhow::Result<SyncReport> {
         let due_by = self.clock.now_ms();
+        let mut news = self.news.subscribe();
         let mut report = SyncReport::default();
         let mut ahead: Option<(Vec<ObjectRow>, i64)> = None;
         while !self.shutdown.is_cancelled() {
@@ -60,11 +65,26 @@ impl Engine {
             if rows.is_empty() {
                 break;
             }
+            let again = rows.iter().any(|r| Lane::of(&r.reason) == Lane::Again);
+            if again && news.has_changed().unwrap_or(false) {
+                // News came while this page of rechecks and retries waited its turn.
+                report.yielded += 1;
+                report.released += self.release(rows).await?;
+                break;
+            }
             // The next page never takes an object of this round: a claim skips whatever its
             // holder already leases, even once the lease has run out.
-            let (round, next) =
-                tokio::join!(self.run_round(rows, lease_until), self.claim_round(due_by));
+            let news = again.then_some(&mut news);
+            let (round, next) = tokio::join!(
+                self.run_round(rows, lease_until, news),
+                self.claim_round(due_by)
+            );
             match (round, next) {
+                (Ok(round), Ok(next)) if round.yielded > 0 => {
+                    report += round;
+                    report.released += self.release(next.0).await?;
+                    break;
+                }
                 (Ok(round), Ok(next)) => {
                     report += round;
                     ahead = Some(next);
@@ -152,24 +172,37 @@ impl Engine {
         Ok(records.len())
     }
 
-    /// Claims up to a page of due objects, kinds in sync order so parents come with children;
-    /// returns them and until when they are leased.
-    async fn claim_round(&self, due_by: i64) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
+    /// Claims up to a page of due objects, kinds in sync order so parents come with children:
+    /// news due now if there is any, else what was due again by `again_due_by`. A page never
+    /// mixes the lanes, so news never shares the steps' concurrency (and Workspaces' rate
+    /// limit) with a backlog. Returns the rows and until when they are leased.
+    async fn claim_round(&self, again_due_by: i64) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
         let now = self.clock.now_ms();
-        let lease_until = now.saturating_add(self.settings.sync.lease_ms());
+        let until = now.saturating_add(self.settings.sync.lease_ms());
         let page = self.settings.sync.page_size;
         let mut rows = Vec::new();
-        for kind in self.graph.sync_order() {
-            let left = page - rows.len();
-            if left == 0 {
+        for (lane, due_by) in [(Lane::News, now), (Lane::Again, again_due_by)] {
+            for kind in self.graph.sync_order() {
+                let left = page - rows.len();
+                if left == 0 {
+                    break;
+                }
+                let claim = self.store.claim_lane(ClaimRequest {
+                    kind,
+                    lane,
+                    due_by,
+                    now,
+                    limit: left,
+                    holder: self.holder(),
+                    until,
+                });
+                rows.extend(self.store.timed(claim).await?);
+            }
+            if !rows.is_empty() {
                 break;
             }
-            let claim = self
-                .store
-                .claim_due(kind, due_by, now, left, self.holder(), lease_until);
-            rows.extend(self.store.timed(claim).await?);
         }
-        Ok((rows, lease_until))
+        Ok((rows, until))
     }
 
     /// Builds the round's dependency DAG and runs it.
@@ -177,6 +210,7 @@ impl Engine {
         &self,
         rows: Vec<ObjectRow>,
         lease_until: i64,
+        news: Option<&mut watch::Receiver<u64>>,
     ) -> anyhow::Result<SyncReport> {
         let index: HashMap<i64, usize> = rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
         // Only kinds that link to others have parents to check, and only kinds others link
@@ -240,6 +274,8 @@ impl Engine {
                 blocked.push((i, message));
             }
         }
-        Ok(Round::new(self, nodes, lease_until).run(blocked).await)
+        Ok(Round::new(self, nodes, lease_until)
+            .run(blocked, news)
+            .await)
     }
 }

@@ -30,9 +30,10 @@ impl LeaseBook for MemoryBook {
         // row-by-row hand-over cost three times the query itself.
         let sql = format!(
             "SELECT json_group_array(json_array({})) FROM objects WHERE id IN \
-             (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND next_attempt_at <= $2 \
+             (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND {lane} AND next_attempt_at <= $2 \
               AND id NOT IN (SELECT value FROM json_each($3)) ORDER BY next_attempt_at LIMIT $4)",
-            object_json_columns()
+            object_json_columns(),
+            lane = r.lane.sql()
         );
         let unavailable = json_ids(self.table.unavailable(r.now, r.holder));
         let text: String = sqlx::query_scalar(&sql)

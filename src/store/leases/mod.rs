@@ -17,7 +17,7 @@ pub(crate) use memory_table::MemLeases;
 pub(crate) use table::TableBook;
 
 use super::objects::ObjectRow;
-use super::{Result, Store};
+use super::{Lane, Result, Store};
 
 /// Who holds an object, and until when (epoch ms; an expired lease may be taken over).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
@@ -27,11 +27,12 @@ pub struct Lease {
     pub until: i64,
 }
 
-/// What a claim asks for: up to `limit` dirty objects of `kind` due by `due_by` and not
-/// leased as of `now`, leased to `holder` until `until`.
+/// What a claim asks for: up to `limit` dirty objects of `kind` in `lane`, due by `due_by`
+/// and not leased as of `now`, leased to `holder` until `until`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClaimRequest<'a> {
     pub kind: &'a str,
+    pub lane: Lane,
     pub due_by: i64,
     pub now: i64,
     pub limit: usize,
@@ -81,8 +82,9 @@ pub(crate) trait LeaseBook: Send + Sync + std::fmt::Debug {
 
 impl Store {
     /// Claims up to `limit` dirty objects of `kind` due by `due_by` and not leased as of
-    /// `now`, leasing them to `holder` until `lease_until`; an expired lease of another holder
-    /// is taken over (see the module documentation).
+    /// `now`, news before what is due again ([`Lane`]), leasing them to `holder` until
+    /// `lease_until`; an expired lease of another holder is taken over (see the module
+    /// documentation).
     pub async fn claim_due(
         &self,
         kind: &str,
@@ -92,14 +94,29 @@ impl Store {
         holder: &str,
         lease_until: i64,
     ) -> Result<Vec<ObjectRow>> {
-        let request = ClaimRequest {
-            kind,
-            due_by,
-            now,
-            limit,
-            holder,
-            until: lease_until,
-        };
+        let mut rows = Vec::new();
+        for lane in [Lane::News, Lane::Again] {
+            let left = limit - rows.len();
+            if left > 0 {
+                rows.extend(
+                    self.claim_lane(ClaimRequest {
+                        kind,
+                        lane,
+                        due_by,
+                        now,
+                        limit: left,
+                        holder,
+                        until: lease_until,
+                    })
+                    .await?,
+                );
+            }
+        }
+        Ok(rows)
+    }
+
+    /// [`Store::claim_due`] for one lane only.
+    pub(crate) async fn claim_lane(&self, request: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
         self.leases.claim(request).await
     }
 

@@ -21,13 +21,14 @@ impl LeaseBook for TableBook {
     async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
         let cols = OBJECT_COLUMNS.replace(", ", ", o.");
         let sql = format!(
-            "WITH due AS (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND next_attempt_at <= $2 \
+            "WITH due AS (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND {lane} AND next_attempt_at <= $2 \
                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
                AND (l.until >= $3 OR l.holder = $5)) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
              got AS (INSERT INTO leases (id, holder, until) SELECT id, $5, $6 FROM due \
                ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
                WHERE leases.until < $3 AND leases.holder <> $5 RETURNING id) \
-             SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id"
+             SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id",
+            lane = r.lane.sql()
         );
         let rows: Vec<ObjectRow> = sqlx::query_as(&sql)
             .bind(r.kind)
