@@ -141,9 +141,11 @@ async fn apply_statuses(
     let mut ids: Vec<i64> = parsed.iter().flatten().map(|(id, _)| *id).collect();
     ids.sort_unstable();
     ids.dedup();
-    let mut ingestions = Requesters::<Ingestion>::load(models, &ids, |s| &mut s.request).await?;
-    let mut calibrations =
-        Requesters::<Calibration>::load(models, &ids, |s| &mut s.request).await?;
+    let (ingestions, calibrations) = models
+        .with_request_ids_of::<Ingestion, Calibration>(&ids)
+        .await?;
+    let mut ingestions = Requesters::new(ingestions, |s| &mut s.request);
+    let mut calibrations = Requesters::new(calibrations, |s| &mut s.request);
     let results = parsed
         .into_iter()
         .map(|parsed| {
@@ -175,12 +177,8 @@ struct Requesters<M: Model> {
 }
 
 impl<M: Model> Requesters<M> {
-    async fn load(
-        models: &Models,
-        ids: &[i64],
-        request: fn(&mut M::Status) -> &mut RequestStatus,
-    ) -> anyhow::Result<Self> {
-        let mut objects = models.with_request_ids::<M>(ids).await?;
+    /// The objects behind a batch's requests, indexed by request id.
+    fn new(mut objects: Vec<Obj<M>>, request: fn(&mut M::Status) -> &mut RequestStatus) -> Self {
         let mut by_request: std::collections::HashMap<i64, Vec<usize>> = Default::default();
         for (i, obj) in objects.iter_mut().enumerate() {
             if let Some(id) = request(&mut obj.status).request_id {
@@ -188,12 +186,12 @@ impl<M: Model> Requesters<M> {
             }
         }
         let changed = vec![false; objects.len()];
-        Ok(Self {
+        Self {
             objects,
             by_request,
             changed,
             request,
-        })
+        }
     }
 
     /// Applies `msg` to every object that made request `id`, describing each change in

@@ -287,6 +287,24 @@ impl Models {
         rows.iter().map(typed).collect()
     }
 
+    /// [`Models::with_request_ids`] for two kinds in one query: a request id may belong to
+    /// either (an ingestion's or a calibration's), and a batch of status messages asks once.
+    pub async fn with_request_ids_of<A: Model, B: Model>(
+        &self,
+        ids: &[i64],
+    ) -> anyhow::Result<(Vec<Obj<A>>, Vec<Obj<B>>)> {
+        let rows = self
+            .store
+            .find_by_request_ids(&[A::KIND, B::KIND], ids)
+            .await?;
+        let (a, b): (Vec<&ObjectRow>, Vec<&ObjectRow>) =
+            rows.iter().partition(|r| r.kind == A::KIND);
+        Ok((
+            a.into_iter().map(typed).collect::<anyhow::Result<_>>()?,
+            b.into_iter().map(typed).collect::<anyhow::Result<_>>()?,
+        ))
+    }
+
     /// The store itself, for what rules do by kind name (their JSON is checked first).
     pub(crate) fn store(&self) -> &Store {
         &self.store

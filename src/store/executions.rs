@@ -2,7 +2,7 @@
 
 use serde::Serialize;
 
-use super::{with_pool, Result, Store};
+use super::{with_pool, Db, Result, Store};
 
 /// How an attempt ended, as the audit trail records it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -112,6 +112,10 @@ const COLUMNS: [fn(&NewExecution) -> Val<'_>; 10] = [
     |e| Val::Maybe(e.error.as_deref()),
 ];
 
+/// Rows per SQLite INSERT: each row's values are bound, and a statement takes at most
+/// 32,766 parameters.
+const PAGE: usize = 1000;
+
 /// The key column: always bound per row, so a chunk has at least one per-row column.
 const KEY: usize = 1;
 
@@ -129,7 +133,7 @@ impl InsertExecutions for sqlx::SqliteConnection {
         // cause, holder, outcome, generation, no error: usually all of them) bound once:
         // binding is most of an insert's cost here, and extracting fields from one JSON
         // parameter was slower still.
-        for chunk in rows.chunks(1000) {
+        for chunk in rows.chunks(PAGE) {
             let first = chunk[0];
             let shared: Vec<bool> = COLUMNS
                 .iter()
@@ -201,13 +205,20 @@ impl Store {
         if rows.is_empty() {
             return Ok(());
         }
-        with_pool!(&self.db, pool => {
-            let mut tx = pool.begin().await?;
-            let rows: Vec<&NewExecution> = rows.iter().collect();
-            tx.insert_executions(&rows).await?;
-            tx.commit().await?;
-            Ok(())
-        })
+        let rows: Vec<&NewExecution> = rows.iter().collect();
+        // One INSERT is its own transaction; SQLite takes more than a page in several.
+        match &self.db {
+            Db::Postgres(pool) => pool.acquire().await?.insert_executions(&rows).await?,
+            Db::Sqlite(pool) if rows.len() <= PAGE => {
+                pool.acquire().await?.insert_executions(&rows).await?
+            }
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                tx.insert_executions(&rows).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
     }
 
     /// The newest `limit` executions of one object, newest first.

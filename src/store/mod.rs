@@ -146,8 +146,11 @@ impl Store {
             }
             // SQLite has one writer; a single connection queues work instead of failing with
             // "database is locked", and keeps an in-memory database one database.
+            // A file cannot drop a connection as a server can: no ping before each use
+            // (a round trip to the driver's thread, as dear as a small query).
             let pool = SqlitePoolOptions::new()
                 .max_connections(1)
+                .test_before_acquire(false)
                 .connect_with(opts)
                 .await?;
             let table = if is_memory(url) {
