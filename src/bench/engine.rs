@@ -82,8 +82,9 @@ pub(super) fn spinner(msg: String) -> ProgressBar {
     bar
 }
 
-/// Trials of each side in the reconcile scenario; the worst trial is reported, with the spread.
-const TRIALS: usize = 3;
+/// Trials of each side in the reconcile and dirty-pass scenarios; the worst trial is
+/// reported, with the spread.
+pub(super) const TRIALS: usize = 3;
 
 /// Objects/s of a full reconcile of `n` objects in 3-level chains vs. the raw batched writes.
 pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
@@ -110,23 +111,9 @@ pub async fn reconcile(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::
     }
     scratch.drop_all().await?;
     bar.finish_and_clear();
-    let ratios: Vec<f64> = trials.iter().map(|(v, b)| v / b).collect();
-    let (lo, hi) = ratios
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
-    eprintln!(
-        "  reconcile ({}): ratios of the {TRIALS} trials {lo:.2}-{hi:.2}; the worst is the figure",
-        backend.name()
-    );
-    let worst = trials
-        .iter()
-        .zip(&ratios)
-        .min_by(|a, b| a.1.total_cmp(b.1))
-        .map_or((0.0, 0.0), |(t, _)| *t);
-    Ok(Figure::new(
+    Ok(Figure::worst_of(
         format!("reconcile ({})", backend.name()),
-        worst.0,
-        worst.1,
+        &trials,
         Goal::AtLeast(0.5),
         "objects/s",
     ))
@@ -250,41 +237,50 @@ pub async fn dirty_pass(
     n: usize,
 ) -> anyhow::Result<Vec<Figure>> {
     let dirty = 1000;
-    let mut seconds = Vec::new();
+    let bar = spinner(format!(
+        "dirty pass: {dirty} dirty of {n}, and of {dirty}, on {}",
+        backend.name()
+    ));
+    let mut stores = Vec::new();
     for total in [dirty, n] {
-        let bar = spinner(format!(
-            "dirty pass: {dirty} dirty of {total} on {}",
-            backend.name()
-        ));
         let scratch = Scratch::new(backend, &args.scratch(), &args.pg_url).await?;
         scratch.bulk_objects("BenchA", "a", total, None).await?;
         scratch.exec("ANALYZE").await?;
         let engine = engine(&scratch)?;
-        // Best of three passes (made dirty again in between), so warm-up is not measured.
-        let mut best = f64::MAX;
-        for _ in 0..3 {
+        stores.push((scratch, engine));
+    }
+    // One pass on each first, so warm-up is not measured; then trials of each size in turn.
+    let pass = |i: usize| {
+        let (scratch, engine) = &stores[i];
+        async move {
             scratch.make_dirty(Some(dirty as i64)).await?;
             let started = Instant::now();
             let pass = engine.sync_pass().await?;
-            best = best.min(started.elapsed().as_secs_f64());
             anyhow::ensure!(pass.synced == dirty, "synced {} of {dirty}", pass.synced);
+            anyhow::Ok(started.elapsed().as_secs_f64())
         }
-        seconds.push(best);
-        if total == n {
-            // Every model changed since policies last looked: the policy pass pages through all.
-            scratch.exec("UPDATE objects SET policed = 0").await?;
-            engine.policy_pass().await?;
-        }
-        scratch.drop_all().await?;
-        bar.finish_and_clear();
+    };
+    pass(0).await?;
+    pass(1).await?;
+    let mut trials = Vec::with_capacity(TRIALS);
+    for _ in 0..TRIALS {
+        let among_n = pass(1).await?;
+        trials.push((among_n, pass(0).await?));
     }
+    let (scratch, engine) = &stores[1];
+    // Every model changed since policies last looked: the policy pass pages through all.
+    scratch.exec("UPDATE objects SET policed = 0").await?;
+    engine.policy_pass().await?;
+    for (scratch, _) in stores {
+        scratch.drop_all().await?;
+    }
+    bar.finish_and_clear();
     let (_, peak) = rss();
     let peak_mb = peak as f64 / 1_048_576.0;
     Ok(vec![
-        Figure::new(
+        Figure::worst_of(
             format!("dirty pass, 1k of {n} ({})", backend.name()),
-            seconds[1],
-            seconds[0],
+            &trials,
             Goal::AtMost(2.0),
             "s",
         ),

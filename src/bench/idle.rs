@@ -26,14 +26,14 @@ use crate::graph::DepGraph;
 /// The goal: an idle controller uses at most 1 % of one core.
 const CPU_GOAL_PERCENT: f64 = 1.0;
 /// The marker that makes each dataset settle at once.
-const MARKER: &str = "COMPLETE";
+pub(super) const MARKER: &str = "COMPLETE";
 /// The default VLA poll interval, which the generated config keeps.
 const POLL_SECONDS: f64 = 30.0;
 
 /// The scratch file tree: `sdm/` with the datasets, `bdf/` with their BDFs, an empty `vlba/`.
-struct Tree {
-    root: PathBuf,
-    sdm: PathBuf,
+pub(super) struct Tree {
+    pub(super) root: PathBuf,
+    pub(super) sdm: PathBuf,
     bdf: PathBuf,
     vlba: PathBuf,
     /// Files and directories under `root` (as `find` lists them, `root` aside): what a poll
@@ -50,7 +50,7 @@ impl Drop for Tree {
 
 impl Tree {
     /// Builds `n` settled SDMs: `Main.xml` naming one BDF, two more tables and the marker.
-    fn build(root: &Path, n: usize) -> anyhow::Result<Self> {
+    pub(super) fn build(root: &Path, n: usize) -> anyhow::Result<Self> {
         let _ = std::fs::remove_dir_all(root);
         let (sdm, bdf, vlba) = (root.join("sdm"), root.join("bdf"), root.join("vlba"));
         for dir in [&sdm, &bdf, &vlba] {
@@ -93,6 +93,17 @@ impl Tree {
     /// The settings file the controller runs with: defaults (poll intervals included) but for
     /// where things are, the marker, and logs as JSON with the scanner's `scan done` lines.
     fn config(&self, backend: Backend, url: &str, workspaces: &str) -> anyhow::Result<PathBuf> {
+        self.config_with(backend, url, workspaces, "")
+    }
+
+    /// [`Tree::config`] with more top-level settings (`extra`, YAML lines) at its end.
+    pub(super) fn config_with(
+        &self,
+        backend: Backend,
+        url: &str,
+        workspaces: &str,
+        extra: &str,
+    ) -> anyhow::Result<PathBuf> {
         let deps = self.root.join("model-deps.json");
         std::fs::write(&deps, include_str!("../../model-deps.json"))?;
         // The shipped rules, beside the config as an installation has them.
@@ -116,7 +127,8 @@ impl Tree {
                vlba: {{path: {vlba}, marker_file: {MARKER}}}\n\
              workspaces: {{url: {workspaces}}}\n\
              log: {{level: info, format: json}}\n\
-             api: {{listen: \"127.0.0.1:0\"}}\n",
+             api: {{listen: \"127.0.0.1:0\"}}\n\
+             {extra}",
             url = serde_json::to_string(url)?,
             deps = q(&deps)?,
             holder = serde_json::to_string(&format!(
@@ -136,9 +148,8 @@ impl Tree {
 }
 
 /// A Workspaces that has a Complete request for everything it is asked about, so each
-/// Ingestion and Calibration is adopted and done in one call.
-fn complete_everything() -> standin::Answer {
-    let next = AtomicI64::new(1);
+/// Ingestion and Calibration is adopted and done in one call; `next` is the next request id.
+pub(super) fn complete_everything(next: Arc<AtomicI64>) -> standin::Answer {
     Arc::new(move |line: &str| {
         let id = next.fetch_add(1, Ordering::Relaxed);
         if line.contains("/requests?") {
@@ -304,7 +315,7 @@ fn clock_ticks() -> f64 {
 }
 
 /// A running `thalamus run`; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Controller {
+pub(super) struct Controller {
     child: Child,
     started: Instant,
     samples: mpsc::UnboundedReceiver<Sample>,
@@ -315,7 +326,7 @@ struct Controller {
 impl Controller {
     /// Starts this very binary as `thalamus --config <config> run`, away from any
     /// `THALAMUS…` variables of the bench's environment.
-    fn start(config: &Path, cwd: &Path, sdm: &Path) -> anyhow::Result<Self> {
+    pub(super) fn start(config: &Path, cwd: &Path, sdm: &Path) -> anyhow::Result<Self> {
         let mut cmd = Command::new(std::env::current_exe()?);
         cmd.arg("--config")
             .arg(config)
@@ -368,23 +379,33 @@ impl Controller {
         })
     }
 
+    /// Its process id.
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its last log lines, to say why it stopped.
+    pub(super) fn last_lines(&self) -> String {
+        let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        tail.iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     /// The next end of a VLA poll, or why there is none.
     async fn next(&mut self, within: Duration) -> anyhow::Result<Sample> {
         match tokio::time::timeout(within, self.samples.recv()).await {
             Ok(Some(sample)) => Ok(sample),
-            outcome => {
-                let tail = self.tail.lock().unwrap_or_else(|p| p.into_inner());
-                let lines: Vec<&str> = tail.iter().map(String::as_str).collect();
-                anyhow::bail!(
-                    "the idle controller {}; its last log lines:\n{}",
-                    if outcome.is_err() {
-                        format!("ended no poll within {} s", within.as_secs())
-                    } else {
-                        "stopped".into()
-                    },
-                    lines.join("\n")
-                )
-            }
+            outcome => anyhow::bail!(
+                "the idle controller {}; its last log lines:\n{}",
+                if outcome.is_err() {
+                    format!("ended no poll within {} s", within.as_secs())
+                } else {
+                    "stopped".into()
+                },
+                self.last_lines()
+            ),
         }
     }
 }
@@ -461,7 +482,10 @@ pub async fn idle(args: &BenchArgs, backends: &[Backend], n: usize) -> anyhow::R
     ));
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let workspaces = format!("http://{}/workspaces", listener.local_addr()?);
-    let server = tokio::spawn(standin::serve(listener, complete_everything()));
+    let server = tokio::spawn(standin::serve(
+        listener,
+        complete_everything(Arc::new(AtomicI64::new(1))),
+    ));
     let extra = 10 * n;
     let bar = super::engine::spinner(format!(
         "idle: {n} datasets and {extra} more models in sync on each backend"

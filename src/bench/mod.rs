@@ -11,6 +11,7 @@ mod latency;
 mod relay;
 mod report;
 mod scan;
+mod soak;
 mod standin;
 
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Only these scenarios, comma-separated or repeated: reconcile, replicas, dirty, scan, memory,
-    /// events, relay, latency, backlog, idle.
+    /// events, relay, latency, backlog, idle, soak.
     #[arg(long = "only", value_name = "SCENARIO", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Objects in the reconcile scenario (default 100000; --quick 10000).
@@ -103,7 +104,7 @@ pub async fn run(
     measured: &mut dyn FnMut(&Figure),
     say: &mut dyn FnMut(&str),
 ) -> anyhow::Result<Outcome> {
-    const SCENARIOS: [&str; 10] = [
+    const SCENARIOS: [&str; 11] = [
         "reconcile",
         "replicas",
         "dirty",
@@ -114,6 +115,7 @@ pub async fn run(
         "latency",
         "backlog",
         "idle",
+        "soak",
     ];
     for s in &args.only {
         if !SCENARIOS.contains(&s.as_str()) {
@@ -206,6 +208,17 @@ pub async fn run(
         let n = args.size(args.datasets, 10_000, 1_000);
         let r = idle::idle(args, &backends, n).await.map(Vec::from_iter);
         check!("idle", r);
+    }
+    if args.wants("soak") {
+        // Five minutes of steady input after one of warm-up (--quick: 30 s after 10 s).
+        let (warm, measure) = if args.quick { (10, 30) } else { (60, 300) };
+        let r = soak::soak(
+            args,
+            std::time::Duration::from_secs(warm),
+            std::time::Duration::from_secs(measure),
+        )
+        .await;
+        check!("soak", r);
     }
     Ok(Outcome {
         figures: figures.0,

@@ -62,6 +62,30 @@ impl Figure {
         }
     }
 
+    /// Of trials `(value, baseline)` measured each side in turn, the one with the worst ratio
+    /// for `goal` (a goal met only by a lucky trial is not met); the spread of the trials'
+    /// ratios is said on stderr.
+    pub fn worst_of(name: String, trials: &[(f64, f64)], goal: Goal, unit: &str) -> Self {
+        let mut figures: Vec<Figure> = trials
+            .iter()
+            .map(|(value, baseline)| Figure::new(name.clone(), *value, *baseline, goal, unit))
+            .collect();
+        figures.sort_by(|a, b| a.ratio.total_cmp(&b.ratio));
+        let (lo, hi) = (
+            figures.first().map_or(f64::NAN, |f| f.ratio),
+            figures.last().map_or(f64::NAN, |f| f.ratio),
+        );
+        eprintln!(
+            "  {name}: ratios of the {} trials {lo:.2}-{hi:.2}; the worst is the figure",
+            figures.len()
+        );
+        let worst = match goal {
+            Goal::AtMost(_) => figures.pop(),
+            _ => figures.into_iter().next(),
+        };
+        worst.unwrap_or_else(|| Figure::new(name, f64::NAN, f64::NAN, goal, unit))
+    }
+
     /// Whether the ratio meets the goal.
     pub fn met(&self) -> bool {
         match self.goal {
