@@ -25,21 +25,22 @@ async fn backlog(h: &Harness) -> Vec<String> {
     keys
 }
 
+/// A harness running one step at a time, in pages of `page_size`, so the order is the claim's.
+async fn one_at_a_time(backend: Backend, page_size: usize) -> Harness {
+    let tweak = |s: &mut thalamus::config::Settings| {
+        s.sync.page_size = page_size;
+        s.sync.concurrency = 1;
+    };
+    Harness::with(backend, tweak, |_, _| {}).await
+}
+
 /// What ran after the first `before` steps, as kind/key.
 fn ran_since(h: &Harness, before: usize) -> Vec<String> {
     h.script.synced()[before..].to_vec()
 }
 
 async fn news_is_claimed_before_a_backlog_due_long_before_it(backend: Backend) {
-    let h = Harness::with(
-        backend,
-        |s| {
-            s.sync.page_size = 5;
-            s.sync.concurrency = 1;
-        },
-        |_, _| {},
-    )
-    .await;
+    let h = one_at_a_time(backend, 5).await;
     backlog(&h).await;
     h.models()
         .upsert("fresh", &Parent { value: 1 })
@@ -63,15 +64,7 @@ async fn news_is_claimed_before_a_backlog_due_long_before_it(backend: Backend) {
 }
 
 async fn a_round_of_rechecks_yields_to_news_that_comes_while_it_runs(backend: Backend) {
-    let h = Harness::with(
-        backend,
-        |s| {
-            s.sync.page_size = 100;
-            s.sync.concurrency = 1;
-        },
-        |_, _| {},
-    )
-    .await;
+    let h = one_at_a_time(backend, 100).await;
     let keys = backlog(&h).await;
     let gate = Gate::new();
     h.script

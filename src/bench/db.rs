@@ -48,7 +48,11 @@ impl Scratch {
                 (format!("sqlite://{}", file.display()), Some(file), None)
             }
             Backend::Postgres => {
-                let schema = format!("bench_{}", std::process::id());
+                // One schema per scratch store: a scenario may keep two at once.
+                static NEXT: std::sync::atomic::AtomicUsize =
+                    std::sync::atomic::AtomicUsize::new(0);
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let schema = format!("bench_{}_{n}", std::process::id());
                 let admin = sqlx::PgPool::connect(pg_url).await?;
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
                     .execute(&admin)

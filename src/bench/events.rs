@@ -234,12 +234,13 @@ pub async fn kafka(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Resu
     ))
 }
 
-/// AMQP: messages/s applied on `backend` vs. the fair consumer on the same backend.
-pub async fn amqp(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
-    let exchange = unique("status");
+/// Events settings consuming a fresh exchange (`thalamus.bench.<name>.…`), as Workspaces'
+/// status topic, through a fresh queue; and that exchange.
+pub(super) fn amqp_status(args: &BenchArgs, name: &str) -> (EventsSettings, String) {
+    let exchange = unique(name);
     let mut events = EventsSettings::default();
     events.amqp.url = args.amqp.clone();
-    events.amqp.queue = unique("queue");
+    events.amqp.queue = unique(&format!("{name}-queue"));
     events.amqp.bindings = vec![AmqpBinding {
         exchange: exchange.clone(),
         routing_key: "#".into(),
@@ -247,6 +248,12 @@ pub async fn amqp(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Resul
     events
         .aliases
         .insert(exchange.clone(), crate::steps::events::STATUS_TOPIC.into());
+    (events, exchange)
+}
+
+/// AMQP: messages/s applied on `backend` vs. the fair consumer on the same backend.
+pub async fn amqp(args: &BenchArgs, backend: Backend, n: usize) -> anyhow::Result<Figure> {
+    let (events, exchange) = amqp_status(args, "status");
     let publish = || async {
         drop(AmqpSession::connect(&events).await?); // declares exchange, queue and binding
         let conn = Connection::connect(&args.amqp, ConnectionProperties::default()).await?;

@@ -21,7 +21,6 @@ use tokio::sync::mpsc;
 use super::db::{Backend, Scratch};
 use super::{standin, BenchArgs, Figure, Goal};
 use crate::config::Settings;
-use crate::graph::DepGraph;
 
 /// The goal: an idle controller uses at most 1 % of one core.
 const CPU_GOAL_PERCENT: f64 = 1.0;
@@ -197,16 +196,7 @@ async fn settled_store(
     let mut settings = Settings::load_with_env(Some(&config), None, Vec::new())?;
     // Only this pre-fill calls the stand-in, which has no limit to protect.
     settings.workspaces.requests_per_second = 1_000_000.0;
-    let registry = crate::app::registry(&settings)?;
-    let graph = DepGraph::parse(
-        "model-deps.json",
-        include_str!("../../model-deps.json"),
-        &registry.sync_kinds(),
-    )?;
-    let engine = crate::app::EngineBuilder::new(&settings)
-        .registry(registry)
-        .graph(graph)
-        .build(scratch.store.clone())?;
+    let engine = super::shipped_engine(&settings, scratch.store.clone())?;
     let out_of_sync = "SELECT COUNT(*) FROM objects WHERE enacted < generation \
                        OR policed < revision OR backend_code <> 1";
     let report = engine.run_once().await?;

@@ -13,7 +13,6 @@ use super::standin;
 use super::{BenchArgs, Figure, Goal};
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::graph::DepGraph;
 
 /// Seconds from the last write to the create call, against the settle window + 1 s.
 pub async fn latency(args: &BenchArgs) -> anyhow::Result<Figure> {
@@ -89,16 +88,7 @@ pub(super) fn watching(
     settings.sources.vla.poll_seconds = 30;
     settings.sources.vlba.enabled = false;
     settings.workspaces.url = url;
-    let registry = crate::app::registry(&settings)?;
-    let graph = DepGraph::parse(
-        "model-deps.json",
-        include_str!("../../model-deps.json"),
-        &registry.sync_kinds(),
-    )?;
-    crate::app::EngineBuilder::new(&settings)
-        .registry(registry)
-        .graph(graph)
-        .build(scratch.store.clone())
+    super::shipped_engine(&settings, scratch.store.clone())
 }
 
 /// Writes a small SDM `name` under `root/sdm` (Main.xml, then a 1 MB table).

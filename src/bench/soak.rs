@@ -15,10 +15,10 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 
 use super::db::{Backend, Scratch};
-use super::events::unique;
+use super::events::amqp_status;
 use super::idle::{complete_everything, Controller, Tree, MARKER};
 use super::{standin, BenchArgs, Figure, Goal};
-use crate::bus::{AmqpBinding, AmqpSession, EventsSettings};
+use crate::bus::AmqpSession;
 
 /// A new dataset this often.
 const SDM_EVERY: Duration = Duration::from_secs(2);
@@ -121,20 +121,11 @@ pub async fn soak(
         .strip_prefix("sqlite://")
         .map(std::path::PathBuf::from)
         .ok_or_else(|| anyhow::anyhow!("not a SQLite scratch store: {}", scratch.url))?;
-    let exchange = unique("soak");
-    let mut events = EventsSettings::default();
+    let (mut events, exchange) = amqp_status(args, "soak");
     events.amqp.enabled = true;
-    events.amqp.url = args.amqp.clone();
-    events.amqp.queue = unique("soak-queue");
-    events.amqp.bindings = vec![AmqpBinding {
-        exchange: exchange.clone(),
-        routing_key: "#".into(),
-    }];
-    events
-        .aliases
-        .insert(exchange.clone(), crate::steps::events::STATUS_TOPIC.into());
-    drop(AmqpSession::connect(&events).await?); // declares the exchange, queue and binding
-                                                // JSON is YAML: the events settings go into the config as they are.
+    // Declares the exchange, the queue and the binding, so no message is published unrouted.
+    drop(AmqpSession::connect(&events).await?);
+    // JSON is YAML: the events settings go into the config as they are.
     let extra = format!("events: {}\n", serde_json::to_string(&events)?);
     let config = tree.config_with(Backend::Sqlite, &scratch.url, &workspaces, &extra)?;
     let ctl = Controller::start(&config, &tree.root, &tree.sdm)?;

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use serde_json::Value;
+use sqlx::Row as _;
 
 use super::objects::{canonical, object_json_columns, ObjectRow, OBJECT_COLUMNS};
 use super::outbox::{insert_outbox, NewOutboxRow};
@@ -21,9 +22,6 @@ pub struct StatusWrite {
     /// or not at all when the status is not written.
     pub announce: Vec<NewOutboxRow>,
 }
-
-/// What an announcing status write returns: the keys written, whose announcements follow.
-const RETURNING: &str = "RETURNING objects.key";
 
 impl Store {
     /// Replaces an object's observed status; bumps `revision` only if it changed. Returns
@@ -82,8 +80,27 @@ impl Store {
         );
         // The keys written come back, so their announcements are written with them. With
         // nothing to announce the UPDATE is its own transaction, one statement instead of
-        // three, and returns only its count (SQLite's driver hands rows over one by one,
-        // each a wake-up of the caller: 256 keys cost more than the UPDATE itself).
+        // three, and returns only its count.
+        let returning = if announce.is_empty() {
+            ""
+        } else {
+            " RETURNING objects.key"
+        };
+        // In one write transaction with the outbox rows of the keys it wrote.
+        macro_rules! announcing {
+            ($pool:expr, $update:expr) => {{
+                let mut tx = $pool.begin_write().await?;
+                let written = $update.fetch_all(&mut *tx).await?;
+                for row in &written {
+                    let key: String = row.try_get(0)?;
+                    if let Some(rows) = announce.get(key.as_str()) {
+                        insert_outbox!(tx, rows.iter(), now);
+                    }
+                }
+                tx.commit().await?;
+                written.len() as u64
+            }};
+        }
         let written: u64 = match &self.db {
             Db::Sqlite(pool) => {
                 let rows: Vec<(&str, &str, Option<i64>)> = keys
@@ -99,33 +116,19 @@ impl Store {
                      (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1)) \
                      UPDATE objects SET {set} FROM j \
                      WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
-                     AND (j.expected IS NULL OR objects.revision = j.expected)"
+                     AND (j.expected IS NULL OR objects.revision = j.expected){returning}"
                 );
                 let rows = serde_json::to_string(&rows)
                     .map_err(|e| StoreError::Invalid(format!("encoding statuses: {e}")))?;
+                let update = sqlx::query(&sql)
+                    .bind(rows)
+                    .bind(now)
+                    .bind(kind)
+                    .bind(resync);
                 if announce.is_empty() {
-                    let update = sqlx::query(&sql)
-                        .bind(rows)
-                        .bind(now)
-                        .bind(kind)
-                        .bind(resync);
                     update.execute(pool).await?.rows_affected()
                 } else {
-                    let sql = format!("{sql} {RETURNING}");
-                    let update = sqlx::query_scalar(&sql)
-                        .bind(rows)
-                        .bind(now)
-                        .bind(kind)
-                        .bind(resync);
-                    let mut tx = pool.begin_write().await?;
-                    let written: Vec<String> = update.fetch_all(&mut *tx).await?;
-                    for key in &written {
-                        if let Some(rows) = announce.get(key.as_str()) {
-                            insert_outbox!(tx, rows.iter(), now);
-                        }
-                    }
-                    tx.commit().await?;
-                    written.len() as u64
+                    announcing!(pool, update)
                 }
             }
             Db::Postgres(pool) => {
@@ -134,35 +137,19 @@ impl Store {
                      FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[]), CAST($6 AS BIGINT[])) \
                      AS j(key, status, expected) \
                      WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
-                     AND (j.expected IS NULL OR objects.revision = j.expected)"
+                     AND (j.expected IS NULL OR objects.revision = j.expected){returning}"
                 );
+                let update = sqlx::query(&sql)
+                    .bind(&keys)
+                    .bind(now)
+                    .bind(kind)
+                    .bind(resync)
+                    .bind(&statuses)
+                    .bind(&revisions);
                 if announce.is_empty() {
-                    let update = sqlx::query(&sql)
-                        .bind(&keys)
-                        .bind(now)
-                        .bind(kind)
-                        .bind(resync)
-                        .bind(&statuses)
-                        .bind(&revisions);
                     update.execute(pool).await?.rows_affected()
                 } else {
-                    let sql = format!("{sql} {RETURNING}");
-                    let update = sqlx::query_scalar(&sql)
-                        .bind(&keys)
-                        .bind(now)
-                        .bind(kind)
-                        .bind(resync)
-                        .bind(&statuses)
-                        .bind(&revisions);
-                    let mut tx = pool.begin_write().await?;
-                    let written: Vec<String> = update.fetch_all(&mut *tx).await?;
-                    for key in &written {
-                        if let Some(rows) = announce.get(key.as_str()) {
-                            insert_outbox!(tx, rows.iter(), now);
-                        }
-                    }
-                    tx.commit().await?;
-                    written.len() as u64
+                    announcing!(pool, update)
                 }
             }
         };
