@@ -63,6 +63,33 @@ async fn news_is_claimed_before_a_backlog_due_long_before_it(backend: Backend) {
     );
 }
 
+async fn news_of_a_later_kind_is_claimed_before_a_backlog_of_an_earlier_one(backend: Backend) {
+    // Parents sync before Children; the claim still takes a Child's news before the
+    // Parents' rechecks, and never the two in one page.
+    let h = one_at_a_time(backend, 5).await;
+    h.models().upsert("p", &Parent { value: 1 }).await.unwrap();
+    h.engine.run_once().await.unwrap();
+    backlog(&h).await;
+    let child = Child {
+        parent: "p".into(),
+        value: 1,
+    };
+    h.models().upsert("fresh", &child).await.unwrap();
+    let before = h.script.synced().len();
+    let report = h.engine.run_once().await.unwrap();
+    let ran = ran_since(&h, before);
+    assert_eq!(
+        ran.first().map(String::as_str),
+        Some("Child/fresh"),
+        "{ran:?}"
+    );
+    assert_eq!(
+        report.sync.synced,
+        BACKLOG + 1,
+        "the backlog drains too: {ran:?}"
+    );
+}
+
 async fn a_round_of_rechecks_yields_to_news_that_comes_while_it_runs(backend: Backend) {
     let h = one_at_a_time(backend, 100).await;
     let keys = backlog(&h).await;
@@ -106,5 +133,6 @@ async fn a_round_of_rechecks_yields_to_news_that_comes_while_it_runs(backend: Ba
 
 both_backends!(
     news_is_claimed_before_a_backlog_due_long_before_it,
+    news_of_a_later_kind_is_claimed_before_a_backlog_of_an_earlier_one,
     a_round_of_rechecks_yields_to_news_that_comes_while_it_runs,
 );

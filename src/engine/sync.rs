@@ -173,36 +173,22 @@ impl Engine {
     }
 
     /// Claims up to a page of due objects, kinds in sync order so parents come with children:
-    /// news due now if there is any, else what was due again by `again_due_by`. A page never
-    /// mixes the lanes, so news never shares the steps' concurrency (and Workspaces' rate
-    /// limit) with a backlog. Returns the rows and until when they are leased.
+    /// news due now if there is any, else what was due again by `again_due_by` (one
+    /// statement; see [`ClaimRequest`]). Returns the rows and until when they are leased.
     async fn claim_round(&self, again_due_by: i64) -> anyhow::Result<(Vec<ObjectRow>, i64)> {
         let now = self.clock.now_ms();
         let until = now.saturating_add(self.settings.sync.lease_ms());
-        let page = self.settings.sync.page_size;
-        let mut rows = Vec::new();
-        for (lane, due_by) in [(Lane::News, now), (Lane::Again, again_due_by)] {
-            for kind in self.graph.sync_order() {
-                let left = page - rows.len();
-                if left == 0 {
-                    break;
-                }
-                let claim = self.store.claim_lane(ClaimRequest {
-                    kind,
-                    lane,
-                    due_by,
-                    now,
-                    limit: left,
-                    holder: self.holder(),
-                    until,
-                });
-                rows.extend(self.store.timed(claim).await?);
-            }
-            if !rows.is_empty() {
-                break;
-            }
-        }
-        Ok((rows, until))
+        let kinds: Vec<&str> = self.graph.sync_order().iter().map(String::as_str).collect();
+        let claim = self.store.claim(ClaimRequest {
+            kinds: &kinds,
+            news_due_by: now,
+            again_due_by,
+            now,
+            limit: self.settings.sync.page_size,
+            holder: self.holder(),
+            until,
+        });
+        Ok((self.store.timed(claim).await?, until))
     }
 
     /// Builds the round's dependency DAG and runs it.

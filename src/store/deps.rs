@@ -106,7 +106,7 @@ impl Store {
     }
 
     /// `SELECT cols FROM from` over `ids` as [`DepRow`]s; on SQLite the rows come back as one
-    /// JSON array (see [`Store::claim_due`]).
+    /// JSON array (see `MemoryBook::claim`).
     async fn dep_rows(
         &self,
         cols: &str,

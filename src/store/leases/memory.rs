@@ -6,7 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::SqlitePool;
 
-use super::{taken, ClaimRequest, Lease, LeaseBook, MemLeases, DIRTY};
+use super::{taken, ClaimRequest, Lane, Lease, LeaseBook, MemLeases, DIRTY};
 use crate::store::objects::{object_json_columns, ObjectRow};
 use crate::store::{Result, StoreError};
 
@@ -26,23 +26,44 @@ fn json_ids(ids: impl IntoIterator<Item = i64>) -> String {
 #[async_trait]
 impl LeaseBook for MemoryBook {
     async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
+        // Each kind's due objects are a range scan of its lane's index; the page is filled
+        // kind by kind in sync order, and what is due again only when no news is.
+        let lane = |lane: Lane, due_by: &str| {
+            let kinds: Vec<String> = (0..r.kinds.len())
+                .map(|i| {
+                    format!(
+                        "SELECT id FROM (SELECT id FROM objects WHERE kind = ${} AND {DIRTY} \
+                         AND {} AND next_attempt_at <= {due_by} \
+                         AND id NOT IN (SELECT value FROM json_each($3)) \
+                         ORDER BY next_attempt_at LIMIT $4)",
+                        i + 5,
+                        lane.sql()
+                    )
+                })
+                .collect();
+            format!("{} LIMIT $4", kinds.join(" UNION ALL "))
+        };
         // The rows come back as one JSON array: a thousand rows through the driver's
         // row-by-row hand-over cost three times the query itself.
         let sql = format!(
-            "SELECT json_group_array(json_array({})) FROM objects WHERE id IN \
-             (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND {lane} AND next_attempt_at <= $2 \
-              AND id NOT IN (SELECT value FROM json_each($3)) ORDER BY next_attempt_at LIMIT $4)",
-            object_json_columns(),
-            lane = r.lane.sql()
+            "WITH news AS ({news}), again AS ({again}) \
+             SELECT json_group_array(json_array({cols})) FROM objects WHERE id IN \
+             (SELECT id FROM news UNION ALL \
+              SELECT id FROM again WHERE NOT EXISTS (SELECT 1 FROM news))",
+            news = lane(Lane::News, "$1"),
+            again = lane(Lane::Again, "$2"),
+            cols = object_json_columns(),
         );
         let unavailable = json_ids(self.table.unavailable(r.now, r.holder));
-        let text: String = sqlx::query_scalar(&sql)
-            .bind(r.kind)
-            .bind(r.due_by)
+        let mut query = sqlx::query_scalar(&sql)
+            .bind(r.news_due_by)
+            .bind(r.again_due_by)
             .bind(unavailable)
-            .bind(i64::try_from(r.limit).unwrap_or(i64::MAX))
-            .fetch_one(&self.pool)
-            .await?;
+            .bind(i64::try_from(r.limit).unwrap_or(i64::MAX));
+        for kind in r.kinds {
+            query = query.bind(*kind);
+        }
+        let text: String = query.fetch_one(&self.pool).await?;
         let rows: Vec<ObjectRow> = serde_json::from_str(&text)
             .map_err(|e| StoreError::Invalid(format!("decoding claimed rows: {e}")))?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

@@ -27,13 +27,16 @@ pub struct Lease {
     pub until: i64,
 }
 
-/// What a claim asks for: up to `limit` dirty objects of `kind` in `lane`, due by `due_by`
-/// and not leased as of `now`, leased to `holder` until `until`.
+/// What a claim asks for: up to `limit` dirty objects of `kinds` (in sync order, so parents
+/// come with their children) not leased as of `now`, leased to `holder` until `until`. It
+/// takes news due by `news_due_by` if there is any, else what is due again by
+/// `again_due_by`: a page never mixes the lanes ([`Lane`]), so news never shares the steps'
+/// concurrency (and Workspaces' rate limit) with a backlog.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ClaimRequest<'a> {
-    pub kind: &'a str,
-    pub lane: Lane,
-    pub due_by: i64,
+    pub kinds: &'a [&'a str],
+    pub news_due_by: i64,
+    pub again_due_by: i64,
     pub now: i64,
     pub limit: usize,
     pub holder: &'a str,
@@ -81,10 +84,18 @@ pub(crate) trait LeaseBook: Send + Sync + std::fmt::Debug {
 }
 
 impl Store {
-    /// Claims up to `limit` dirty objects of `kind` due by `due_by` and not leased as of
-    /// `now`, news before what is due again ([`Lane`]), leasing them to `holder` until
-    /// `lease_until`; an expired lease of another holder is taken over (see the module
+    /// Claims what `request` asks for in one statement, news before what is due again
+    /// ([`Lane`]); an expired lease of another holder is taken over (see the module
     /// documentation).
+    pub(crate) async fn claim(&self, request: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
+        if request.kinds.is_empty() || request.limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.leases.claim(request).await
+    }
+
+    /// Claims up to `limit` dirty objects of `kind` due by `due_by` (news if there is any,
+    /// else what is due again), leasing them to `holder` until `lease_until`.
     pub async fn claim_due(
         &self,
         kind: &str,
@@ -94,30 +105,16 @@ impl Store {
         holder: &str,
         lease_until: i64,
     ) -> Result<Vec<ObjectRow>> {
-        let mut rows = Vec::new();
-        for lane in [Lane::News, Lane::Again] {
-            let left = limit - rows.len();
-            if left > 0 {
-                rows.extend(
-                    self.claim_lane(ClaimRequest {
-                        kind,
-                        lane,
-                        due_by,
-                        now,
-                        limit: left,
-                        holder,
-                        until: lease_until,
-                    })
-                    .await?,
-                );
-            }
-        }
-        Ok(rows)
-    }
-
-    /// [`Store::claim_due`] for one lane only.
-    pub(crate) async fn claim_lane(&self, request: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
-        self.leases.claim(request).await
+        self.claim(ClaimRequest {
+            kinds: &[kind],
+            news_due_by: due_by,
+            again_due_by: due_by,
+            now,
+            limit,
+            holder,
+            until: lease_until,
+        })
+        .await
     }
 
     /// For objects claimed a while ago (`(id, revision)` as claimed): returns the ids still

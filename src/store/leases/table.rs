@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use sqlx::PgPool;
 
-use super::{taken, ClaimRequest, Lease, LeaseBook, DIRTY};
+use super::{taken, ClaimRequest, Lane, Lease, LeaseBook, DIRTY};
 use crate::store::objects::{ObjectRow, OBJECT_COLUMNS};
 use crate::store::Result;
 
@@ -19,20 +19,36 @@ pub(crate) struct TableBook {
 #[async_trait]
 impl LeaseBook for TableBook {
     async fn claim(&self, r: ClaimRequest<'_>) -> Result<Vec<ObjectRow>> {
+        // Kind by kind in sync order, each a range scan of its lane's index; what is due
+        // again only when no news is.
+        let lane = |lane: Lane, due_by: &str| {
+            format!(
+                "SELECT d.id FROM UNNEST(CAST($1 AS TEXT[])) AS k(kind), LATERAL \
+                 (SELECT id FROM objects WHERE kind = k.kind AND {DIRTY} AND {} \
+                  AND next_attempt_at <= {due_by} \
+                  AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
+                  AND (l.until >= $4 OR l.holder = $6)) \
+                  ORDER BY next_attempt_at LIMIT $5 FOR UPDATE SKIP LOCKED) AS d LIMIT $5",
+                lane.sql()
+            )
+        };
         let cols = OBJECT_COLUMNS.replace(", ", ", o.");
         let sql = format!(
-            "WITH due AS (SELECT id FROM objects WHERE kind = $1 AND {DIRTY} AND {lane} AND next_attempt_at <= $2 \
-               AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.id = objects.id \
-               AND (l.until >= $3 OR l.holder = $5)) ORDER BY next_attempt_at LIMIT $4 FOR UPDATE SKIP LOCKED), \
-             got AS (INSERT INTO leases (id, holder, until) SELECT id, $5, $6 FROM due \
+            "WITH news AS ({news}), \
+             again AS ({again_lane}), \
+             due AS (SELECT id FROM news UNION ALL \
+               SELECT id FROM again WHERE NOT EXISTS (SELECT 1 FROM news)), \
+             got AS (INSERT INTO leases (id, holder, until) SELECT id, $6, $7 FROM due \
                ON CONFLICT (id) DO UPDATE SET holder = excluded.holder, until = excluded.until \
-               WHERE leases.until < $3 AND leases.holder <> $5 RETURNING id) \
+               WHERE leases.until < $4 AND leases.holder <> $6 RETURNING id) \
              SELECT o.{cols} FROM objects o JOIN got ON got.id = o.id",
-            lane = r.lane.sql()
+            news = lane(Lane::News, "$2"),
+            again_lane = lane(Lane::Again, "$3"),
         );
         let rows: Vec<ObjectRow> = sqlx::query_as(&sql)
-            .bind(r.kind)
-            .bind(r.due_by)
+            .bind(r.kinds)
+            .bind(r.news_due_by)
+            .bind(r.again_due_by)
             .bind(r.now)
             .bind(i64::try_from(r.limit).unwrap_or(i64::MAX))
             .bind(r.holder)
