@@ -49,11 +49,10 @@ fn answer(seen: Arc<Seen>) -> standin::Answer {
 /// `n` ingested Observations whose Ingestions' requests 1..=n are in flight, each due for
 /// its recheck long ago.
 async fn backlog(scratch: &Scratch, n: usize) -> anyhow::Result<()> {
-    let series =
-        format!("WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n})");
     scratch
         .exec(&format!(
-            "{series} INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, \
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) \
+             INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, \
              policed, created_at, updated_at) \
              SELECT 'Observation', 'VLA/backlog' || g, \
              '{{\"instrument\":\"VLA\",\"product\":\"sdm\",\"name\":\"backlog' || g || '\",\"location\":\"/nowhere\"}}', \
@@ -61,18 +60,8 @@ async fn backlog(scratch: &Scratch, n: usize) -> anyhow::Result<()> {
         ))
         .await?;
     scratch
-        .exec(&format!(
-            "{series} INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, policed, \
-             reason, next_attempt_at, created_at, updated_at) \
-             SELECT 'Ingestion', 'VLA/backlog' || g, \
-             '{{\"instrument\":\"VLA\",\"name\":\"backlog' || g || '\",\"observation\":\"VLA/backlog' || g || '\",\"observation_generation\":1,\"product\":\"sdm\"}}', \
-             '{{\"request_id\":' || g || ',\"state\":\"Executing\",\"external_id\":\"Ingestion/VLA/backlog' || g || '@1\",\"generation\":1}}', \
-             1, 0, 1, 1, 'recheck', 0, 0, 0 FROM s"
-        ))
+        .ingestions_in_flight("backlog", n, "Executing", true)
         .await?;
-    if scratch.is_postgres() {
-        scratch.exec("ANALYZE objects").await?;
-    }
     Ok(())
 }
 

@@ -147,6 +147,36 @@ impl Scratch {
         Ok(())
     }
 
+    /// Inserts `n` Ingestions `VLA/<prefix><i>` whose request `i` is in flight in `state`,
+    /// not yet enacted; with `recheck`, each is due (long ago) to look at its request again.
+    pub async fn ingestions_in_flight(
+        &self,
+        prefix: &str,
+        n: usize,
+        state: &str,
+        recheck: bool,
+    ) -> anyhow::Result<()> {
+        let (reason, due) = if recheck {
+            ("recheck", "0")
+        } else {
+            ("new", "NULL")
+        };
+        self.exec(&format!(
+            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) \
+             INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, policed, \
+             reason, next_attempt_at, created_at, updated_at) \
+             SELECT 'Ingestion', 'VLA/{prefix}' || g, \
+             '{{\"instrument\":\"VLA\",\"name\":\"{prefix}' || g || '\",\"observation\":\"VLA/{prefix}' || g || '\",\"observation_generation\":1,\"product\":\"sdm\"}}', \
+             '{{\"request_id\":' || g || ',\"state\":\"{state}\",\"external_id\":\"Ingestion/VLA/{prefix}' || g || '@1\",\"generation\":1}}', \
+             1, 0, 1, 1, '{reason}', {due}, 0, 0 FROM s"
+        ))
+        .await?;
+        if self.is_postgres() {
+            self.exec("ANALYZE objects").await?;
+        }
+        Ok(())
+    }
+
     /// Marks every object (or those with `id <= max_id`) dirty and due.
     pub async fn make_dirty(&self, max_id: Option<i64>) -> anyhow::Result<()> {
         let filter = max_id

@@ -45,18 +45,8 @@ fn message(i: usize) -> Vec<u8> {
 async fn requests(args: &BenchArgs, backend: Backend, requests: usize) -> anyhow::Result<Scratch> {
     let scratch = Scratch::new(backend, &args.scratch(), &args.pg_url).await?;
     scratch
-        .exec(&format!(
-            "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {requests}) \
-             INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, policed, created_at, updated_at) \
-             SELECT 'Ingestion', 'VLA/obs' || g, \
-             '{{\"instrument\":\"VLA\",\"name\":\"obs' || g || '\",\"observation\":\"VLA/obs' || g || '\",\"observation_generation\":1,\"product\":\"sdm\"}}', \
-             '{{\"request_id\":' || g || ',\"state\":\"Submitted\"}}', \
-             1, 0, 1, 1, 0, 0 FROM s"
-        ))
+        .ingestions_in_flight("obs", requests, "Submitted", false)
         .await?;
-    if scratch.is_postgres() {
-        scratch.exec("ANALYZE objects").await?;
-    }
     Ok(scratch)
 }
 
