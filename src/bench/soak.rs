@@ -1,5 +1,6 @@
 //! Soak: the real `thalamus run` (this binary, a child process, on SQLite) under steady input:
-//! a new SDM every 2 s, taken through ingestion and calibration by a Workspaces stand-in, and
+//! a new SDM every 2 s (the newest minute's stay in the tree, as in a staging area), taken
+//! through ingestion and calibration by a Workspaces stand-in, and
 //! 20 AMQP status messages a second, half of them malformed (dead letters). Its anonymous
 //! resident memory (heap and stacks) is sampled every second and its store measured; both
 //! are reported per hour. Goals: RSS flat after warm-up (its trend grows it by at most 5 % an
@@ -83,13 +84,28 @@ async fn compacted(scratch: &Scratch, file: &Path) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
-/// Writes dataset `i`: a `Main.xml` naming no BDF, a table, and the marker (settled at once).
+/// Datasets that stay in the tree: the newest minute's. An older one is moved on, as a
+/// staging area's are once ingested, so the tree (and what the watcher keeps of it) stays
+/// the same size while the store keeps every model.
+const KEEP: usize = 30;
+
+/// Dataset `i`'s directory.
+fn dataset(sdm: &Path, i: usize) -> std::path::PathBuf {
+    sdm.join(format!("26B-{i:05}.sb1.eb1"))
+}
+
+/// Writes dataset `i` (a `Main.xml` naming no BDF, a table, and the marker: settled at once)
+/// and removes dataset `i - KEEP`.
 fn write_sdm(sdm: &Path, i: usize) -> std::io::Result<()> {
-    let dataset = sdm.join(format!("26B-{i:05}.sb1.eb1"));
-    std::fs::create_dir_all(&dataset)?;
-    std::fs::write(dataset.join("Main.xml"), "<MainTable/>\n")?;
-    std::fs::write(dataset.join("Antenna.xml"), vec![b'x'; 4096])?;
-    std::fs::write(dataset.join(MARKER), "")
+    let dataset_dir = dataset(sdm, i);
+    std::fs::create_dir_all(&dataset_dir)?;
+    std::fs::write(dataset_dir.join("Main.xml"), "<MainTable/>\n")?;
+    std::fs::write(dataset_dir.join("Antenna.xml"), vec![b'x'; 4096])?;
+    std::fs::write(dataset_dir.join(MARKER), "")?;
+    match i.checked_sub(KEEP) {
+        Some(old) => std::fs::remove_dir_all(dataset(sdm, old)),
+        None => Ok(()),
+    }
 }
 
 /// Message `i`: a status for a request the stand-in made (odd `i`), or a cut-off one (even).
@@ -184,6 +200,16 @@ pub async fn soak(
                         store_bytes(&file),
                         compacted(&scratch, &file).await?,
                     ));
+                }
+                if (at - warm).as_secs().is_multiple_of(60) {
+                    bar.suspend(|| {
+                        crate::telemetry::say(&format!(
+                            "soak: {:>4} s: anonymous RSS {:.2} MB, store {:.1} MB",
+                            at.as_secs(),
+                            memory / 1024.0 / 1024.0,
+                            store_bytes(&file) as f64 / 1024.0 / 1024.0
+                        ))
+                    });
                 }
                 samples.push((at.as_secs_f64(), memory));
                 all.push((at.as_secs_f64(), resident));
