@@ -78,13 +78,28 @@ impl DirectorySource {
         }
     }
 
-    /// Starts the inotify hint once every watched directory exists.
-    fn ensure_hint(&self) {
-        let mut hint = self.hint.lock().unwrap_or_else(|p| p.into_inner());
-        if hint.is_none() && self.watch.iter().all(|d| d.is_dir()) {
-            let dirs: Vec<&Path> = self.watch.iter().map(PathBuf::as_path).collect();
-            *hint = Some(Arc::new(Hint::watch(&dirs)));
+    /// Starts the inotify hint once every watched directory exists. Watching walks the whole
+    /// tree (a watch per directory), so it runs on a blocking thread, not a runtime worker.
+    async fn ensure_hint(&self) -> anyhow::Result<()> {
+        let started = self
+            .hint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some();
+        let wanted = !started && self.watch.iter().all(|d| d.is_dir());
+        if !wanted {
+            return Ok(());
         }
+        let dirs = self.watch.clone();
+        let watched = tokio::task::spawn_blocking(move || {
+            let dirs: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+            Hint::watch(&dirs)
+        })
+        .await
+        .context("watching the tree")?;
+        let mut hint = self.hint.lock().unwrap_or_else(|p| p.into_inner());
+        hint.get_or_insert_with(|| Arc::new(watched));
+        Ok(())
     }
 
     /// Loads the settle state a previous process stored, once, before the first poll.
@@ -161,7 +176,7 @@ impl PullStep for DirectorySource {
     }
 
     async fn pull(&self, models: &Models) -> anyhow::Result<PullReport> {
-        self.ensure_hint();
+        self.ensure_hint().await?;
         self.restore(models).await?;
         let now = models.now_ms();
         let (tx, mut rx) = tokio::sync::mpsc::channel::<DatasetScan>(BATCH);
