@@ -39,6 +39,14 @@ fn ran_since(h: &Harness, before: usize) -> Vec<String> {
     h.script.synced()[before..].to_vec()
 }
 
+/// Asserts that of what ran after the first `before` steps, `news` ran first, and the whole
+/// backlog after it (`synced` in all).
+fn first_then_the_backlog(h: &Harness, before: usize, synced: usize, news: &str) {
+    let ran = ran_since(h, before);
+    assert_eq!(ran.first().map(String::as_str), Some(news), "{ran:?}");
+    assert_eq!(synced, BACKLOG + 1, "the backlog drains too: {ran:?}");
+}
+
 async fn news_is_claimed_before_a_backlog_due_long_before_it(backend: Backend) {
     let h = one_at_a_time(backend, 5).await;
     backlog(&h).await;
@@ -50,17 +58,7 @@ async fn news_is_claimed_before_a_backlog_due_long_before_it(backend: Backend) {
     // Another process (a restart) finds the same order in the table.
     let restarted = h.another_engine("restarted").await;
     let report = restarted.run_once().await.unwrap();
-    let ran = ran_since(&h, before);
-    assert_eq!(
-        ran.first().map(String::as_str),
-        Some("Parent/fresh"),
-        "{ran:?}"
-    );
-    assert_eq!(
-        report.sync.synced,
-        BACKLOG + 1,
-        "the backlog drains too: {ran:?}"
-    );
+    first_then_the_backlog(&h, before, report.sync.synced, "Parent/fresh");
 }
 
 async fn news_of_a_later_kind_is_claimed_before_a_backlog_of_an_earlier_one(backend: Backend) {
@@ -77,17 +75,7 @@ async fn news_of_a_later_kind_is_claimed_before_a_backlog_of_an_earlier_one(back
     h.models().upsert("fresh", &child).await.unwrap();
     let before = h.script.synced().len();
     let report = h.engine.run_once().await.unwrap();
-    let ran = ran_since(&h, before);
-    assert_eq!(
-        ran.first().map(String::as_str),
-        Some("Child/fresh"),
-        "{ran:?}"
-    );
-    assert_eq!(
-        report.sync.synced,
-        BACKLOG + 1,
-        "the backlog drains too: {ran:?}"
-    );
+    first_then_the_backlog(&h, before, report.sync.synced, "Child/fresh");
 }
 
 async fn a_round_of_rechecks_yields_to_news_that_comes_while_it_runs(backend: Backend) {

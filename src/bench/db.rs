@@ -223,14 +223,16 @@ impl Scratch {
 /// Resident memory now and at its peak, in bytes (Linux `/proc/self/status`).
 pub fn rss() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|kb| kb.parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .unwrap_or(0)
-    };
+    let field = |name| status_bytes(&status, name).unwrap_or(0);
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A `kB` field of a `/proc/<pid>/status` text (`name` with its colon), in bytes.
+pub fn status_bytes(status: &str, name: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
 }

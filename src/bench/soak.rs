@@ -16,7 +16,7 @@ use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use tokio::net::TcpListener;
 
-use super::db::{Backend, Scratch};
+use super::db::{status_bytes, Backend, Scratch};
 use super::events::amqp_status;
 use super::idle::{complete_everything, Controller, Tree, MARKER};
 use super::{standin, BenchArgs, Figure, Goal};
@@ -32,12 +32,8 @@ const MESSAGES_PER_SECOND: u64 = 20;
 fn rss(pid: u32) -> anyhow::Result<(f64, f64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|kb| kb * 1024.0)
+        status_bytes(&status, name)
+            .map(|b| b as f64)
             .ok_or_else(|| anyhow::anyhow!("no {name} for process {pid}"))
     };
     Ok((field("VmRSS:")?, field("RssAnon:")?))
