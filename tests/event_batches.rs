@@ -16,6 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use thalamus::bus::AmqpSession;
 use thalamus::engine::Delivery;
+use thalamus::steps::models::Ingestion;
 use thalamus::steps::prelude::*;
 use tokio_util::sync::CancellationToken;
 
@@ -277,3 +278,107 @@ async fn a_status_changed_since_it_was_read_is_not_overwritten(backend: Backend)
 }
 
 both_backends!(a_status_changed_since_it_was_read_is_not_overwritten);
+
+/// The keys of the Ingestions whose status records request `id`.
+async fn requesting(w: &World, id: i64) -> Vec<String> {
+    let models = w.engine.models();
+    let found = models.with_request_ids::<Ingestion>(&[id]).await.unwrap();
+    found.into_iter().map(|o| o.key).collect()
+}
+
+/// Status messages find their model by the request id stored beside its status: it follows
+/// every write (a step's outcome, a batch, a write of another request, one with none).
+async fn a_model_is_found_by_the_request_its_status_records_now(backend: Backend) {
+    let w = World::new(backend, "batch-request-ids").await;
+    w.executing([3]).await; // the step's outcome records request 3
+    assert_eq!(requesting(&w, 3).await, ["VLA/obs3"]);
+    let models = w.engine.models();
+    let mut obj = w.ingestion(3).await;
+    obj.status.request.request_id = Some(30); // asked again: a new request
+    assert_eq!(models.set_statuses(&[&obj], false).await.unwrap(), 1);
+    assert_eq!(requesting(&w, 30).await, ["VLA/obs3"]);
+    assert!(
+        requesting(&w, 3).await.is_empty(),
+        "the old request is not its own any more"
+    );
+    // A batch that keeps the request id leaves the column as it is.
+    let mut obj = w.ingestion(3).await;
+    obj.status.request.state = Some(RequestState::Complete);
+    assert_eq!(models.set_statuses(&[&obj], false).await.unwrap(), 1);
+    assert_eq!(requesting(&w, 30).await, ["VLA/obs3"]);
+    // A status written whole, without a request.
+    let store = w.engine.store();
+    let none = serde_json::json!({"state": "Complete"});
+    assert!(store
+        .set_status("Ingestion", "VLA/obs3", &none, 0)
+        .await
+        .unwrap());
+    assert!(requesting(&w, 30).await.is_empty());
+}
+
+both_backends!(a_model_is_found_by_the_request_its_status_records_now);
+
+/// A store written before the request id had its own column: its models are found by the
+/// integer `request_id` of their status once migrated, and only by that.
+async fn statuses_stored_before_the_request_id_column_are_found(backend: Backend) {
+    use thalamus::store::{Db, Open, Store};
+    let db = common::TestDb::new(backend).await;
+    let store = Store::connect(&db.url, 2, Open::Create).await.unwrap();
+    let before = |mut m: sqlx::migrate::Migrator| {
+        m.migrations = m
+            .migrations
+            .iter()
+            .filter(|m| m.version < 15)
+            .cloned()
+            .collect();
+        m
+    };
+    let statuses = [
+        ("obs5", r#"{"request_id":5,"state":"Executing"}"#),
+        ("obs6", r#"{"request_id":"6"}"#),
+        ("obs7", r#"{"request_id":7.5}"#),
+        ("obs8", r#"{"request":{"request_id":8}}"#),
+        ("obs9", "{}"),
+    ];
+    let insert = "INSERT INTO objects (kind, key, spec, status, created_at, updated_at) \
+                  VALUES ('Ingestion', $1, '{}', $2, 0, 0)";
+    match store.db() {
+        Db::Sqlite(pool) => {
+            before(sqlx::migrate!("migrations/sqlite"))
+                .run(pool)
+                .await
+                .unwrap();
+            for (key, status) in statuses {
+                sqlx::query(insert)
+                    .bind(key)
+                    .bind(status)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+        Db::Postgres(pool) => {
+            before(sqlx::migrate!("migrations/postgres"))
+                .run(pool)
+                .await
+                .unwrap();
+            for (key, status) in statuses {
+                sqlx::query(insert)
+                    .bind(key)
+                    .bind(status)
+                    .execute(pool)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    store.migrate().await.unwrap();
+    let found = store
+        .find_by_request_ids(&["Ingestion"], &[5, 6, 7, 8, 9])
+        .await
+        .unwrap();
+    let keys: Vec<&str> = found.iter().map(|r| r.key.as_str()).collect();
+    assert_eq!(keys, ["obs5"]);
+}
+
+both_backends!(statuses_stored_before_the_request_id_column_are_found);

@@ -163,12 +163,12 @@ impl Scratch {
         };
         self.exec(&format!(
             "WITH RECURSIVE s(g) AS (SELECT 1 UNION ALL SELECT g + 1 FROM s WHERE g < {n}) \
-             INSERT INTO objects (kind, key, spec, status, generation, enacted, revision, policed, \
-             reason, next_attempt_at, created_at, updated_at) \
+             INSERT INTO objects (kind, key, spec, status, request_id, generation, enacted, \
+             revision, policed, reason, next_attempt_at, created_at, updated_at) \
              SELECT 'Ingestion', 'VLA/{prefix}' || g, \
              '{{\"instrument\":\"VLA\",\"name\":\"{prefix}' || g || '\",\"observation\":\"VLA/{prefix}' || g || '\",\"observation_generation\":1,\"product\":\"sdm\"}}', \
              '{{\"request_id\":' || g || ',\"state\":\"{state}\",\"external_id\":\"Ingestion/VLA/{prefix}' || g || '@1\",\"generation\":1}}', \
-             1, 0, 1, 1, '{reason}', {due}, 0, 0 FROM s"
+             g, 1, 0, 1, 1, '{reason}', {due}, 0, 0 FROM s"
         ))
         .await?;
         if self.is_postgres() {

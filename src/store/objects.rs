@@ -368,6 +368,9 @@ mod tests {
         let b: serde_json::Value =
             serde_json::from_str(r#"{"a": {"c": null, "d": [{"y": 1, "z": 0}]}, "b": 1}"#).unwrap();
         assert_eq!(canonical(&a), canonical(&b));
-        assert_eq!(canonical(&a), r#"{"a":{"c":null,"d":[{"y":1,"z":0}]},"b":1}"#);
+        assert_eq!(
+            canonical(&a),
+            r#"{"a":{"c":null,"d":[{"y":1,"z":0}]},"b":1}"#
+        );
     }
 }

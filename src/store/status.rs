@@ -10,6 +10,13 @@ use super::objects::{canonical, object_json_columns, ObjectRow, OBJECT_COLUMNS};
 use super::outbox::{insert_outbox, NewOutboxRow};
 use super::{BeginWrite, Db, Result, Store, StoreError};
 
+/// The Workspaces request an observed status records (an integer `request_id` in it): stored
+/// beside the status by every writer, so a status message finds its model by index without
+/// the database parsing status texts.
+pub(crate) fn request_id_of(status: &Value) -> Option<i64> {
+    status.get("request_id")?.as_i64()
+}
+
 /// A status to write to one object, by key.
 #[derive(Debug, Clone)]
 pub struct StatusWrite {
@@ -21,6 +28,21 @@ pub struct StatusWrite {
     /// What the change announces: written to the outbox with it, in the same transaction,
     /// or not at all when the status is not written.
     pub announce: Vec<NewOutboxRow>,
+    /// The request id of the status as it was read (`revision`), when known: a batch whose
+    /// writes keep their request ids leaves that column and its index alone.
+    pub stored_request_id: Option<Option<i64>>,
+}
+
+/// The request id of a stored status text (see [`request_id_of`]), reading only that field.
+pub(crate) fn stored_request_id(text: &str) -> Option<i64> {
+    #[derive(serde::Deserialize)]
+    struct Requested {
+        request_id: Option<Value>,
+    }
+    serde_json::from_str::<Requested>(text)
+        .ok()?
+        .request_id?
+        .as_i64()
 }
 
 impl Store {
@@ -38,6 +60,7 @@ impl Store {
             status: status.clone(),
             revision: None,
             announce: Vec::new(),
+            stored_request_id: None,
         };
         Ok(self.set_statuses(kind, &[write], now, false).await? > 0)
     }
@@ -57,12 +80,17 @@ impl Store {
         let mut keys = Vec::with_capacity(items.len());
         let mut statuses = Vec::with_capacity(items.len());
         let mut revisions = Vec::with_capacity(items.len());
+        let mut request_ids = Vec::with_capacity(items.len());
+        let mut new_request_id = false;
         let mut announce: HashMap<&str, &[NewOutboxRow]> = HashMap::new();
         for w in items.iter().rev() {
             if seen.insert(w.key.as_str()) {
                 keys.push(w.key.as_str());
                 statuses.push(canonical(&w.status));
                 revisions.push(w.revision);
+                let request_id = request_id_of(&w.status);
+                new_request_id |= w.stored_request_id != Some(request_id);
+                request_ids.push(request_id);
                 if !w.announce.is_empty() {
                     announce.insert(w.key.as_str(), &w.announce);
                 }
@@ -73,8 +101,15 @@ impl Store {
         }
         let resyncs = "$4 AND (enacted < generation OR deleted_at IS NOT NULL) \
                    AND backend_code <> 2 AND (next_attempt_at IS NULL OR next_attempt_at > $2)";
+        // Only a batch that changes a request id writes that column: SQLite and PostgreSQL
+        // keep an index up to date for every column a statement sets.
+        let request_id = if new_request_id {
+            "request_id = j.request_id, "
+        } else {
+            ""
+        };
         let set = format!(
-            "status = j.status, revision = revision + 1, updated_at = $2, \
+            "status = j.status, {request_id}revision = revision + 1, updated_at = $2, \
              next_attempt_at = CASE WHEN {resyncs} THEN $2 ELSE next_attempt_at END, \
              reason = CASE WHEN {resyncs} THEN 'event' ELSE reason END"
         );
@@ -103,17 +138,18 @@ impl Store {
         }
         let written: u64 = match &self.db {
             Db::Sqlite(pool) => {
-                let rows: Vec<(&str, &str, Option<i64>)> = keys
+                let rows: Vec<(&str, &str, Option<i64>, Option<i64>)> = keys
                     .iter()
                     .zip(&statuses)
                     .zip(&revisions)
-                    .map(|((k, s), r)| (*k, s.as_str(), *r))
+                    .zip(&request_ids)
+                    .map(|(((k, s), r), id)| (*k, s.as_str(), *r, *id))
                     .collect();
                 // Materialised, so the plan walks the batch and looks each key up, rather
                 // than walking every object of the kind and the batch for each.
                 let sql = format!(
-                    "WITH j(key, status, expected) AS MATERIALIZED \
-                     (SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each($1)) \
+                    "WITH j(key, status, expected, request_id) AS MATERIALIZED \
+                     (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1)) \
                      UPDATE objects SET {set} FROM j \
                      WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
                      AND (j.expected IS NULL OR objects.revision = j.expected){returning}"
@@ -134,8 +170,8 @@ impl Store {
             Db::Postgres(pool) => {
                 let sql = format!(
                     "UPDATE objects SET {set} \
-                     FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[]), CAST($6 AS BIGINT[])) \
-                     AS j(key, status, expected) \
+                     FROM UNNEST(CAST($1 AS TEXT[]), CAST($5 AS TEXT[]), CAST($6 AS BIGINT[]), \
+                     CAST($7 AS BIGINT[])) AS j(key, status, expected, request_id) \
                      WHERE objects.kind = $3 AND objects.key = j.key AND objects.status <> j.status \
                      AND (j.expected IS NULL OR objects.revision = j.expected){returning}"
                 );
@@ -145,7 +181,8 @@ impl Store {
                     .bind(kind)
                     .bind(resync)
                     .bind(&statuses)
-                    .bind(&revisions);
+                    .bind(&revisions)
+                    .bind(&request_ids);
                 if announce.is_empty() {
                     update.execute(pool).await?.rows_affected()
                 } else {
@@ -156,22 +193,24 @@ impl Store {
         Ok(written)
     }
 
-    /// Objects of `kinds` whose observed status has a `request_id` among `ids` (indexed).
+    /// Objects of `kinds` whose observed status has a `request_id` among `ids` (indexed; see
+    /// [`request_id_of`]).
     pub async fn find_by_request_ids(&self, kinds: &[&str], ids: &[i64]) -> Result<Vec<ObjectRow>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
         let set = self.id_param(ids.iter().copied());
         let kinds_param = self.text_param(kinds.iter().copied());
+        let filter = format!(
+            "WHERE request_id IS NOT NULL AND request_id{} AND kind{}",
+            self.in_ids(1),
+            self.in_texts(2)
+        );
         let rows: Vec<ObjectRow> = match &self.db {
             Db::Sqlite(pool) => {
                 let sql = format!(
-                    "SELECT json_group_array(json_array({})) FROM objects \
-                     WHERE json_extract(status, '$.request_id') IS NOT NULL \
-                     AND json_extract(status, '$.request_id') IN (SELECT value FROM json_each($1)) \
-                     AND kind{}",
-                    object_json_columns(),
-                    self.in_texts(2)
+                    "SELECT json_group_array(json_array({})) FROM objects {filter}",
+                    object_json_columns()
                 );
                 let text: String = sqlx::query_scalar(&sql)
                     .bind(set)
@@ -182,14 +221,7 @@ impl Store {
                     .map_err(|e| StoreError::Invalid(format!("decoding objects: {e}")))?
             }
             Db::Postgres(pool) => {
-                let sql = format!(
-                    "SELECT {} FROM objects \
-                     WHERE ((status::jsonb) ->> 'request_id') IS NOT NULL \
-                     AND ((status::jsonb) ->> 'request_id') = ANY(CAST($1 AS TEXT[])) \
-                     AND kind{}",
-                    OBJECT_COLUMNS,
-                    self.in_texts(2)
-                );
+                let sql = format!("SELECT {OBJECT_COLUMNS} FROM objects {filter}");
                 sqlx::query_as(&sql)
                     .bind(set)
                     .bind(kinds_param)
