@@ -339,6 +339,7 @@ async fn statuses_stored_before_the_request_id_column_are_found(backend: Backend
         ("obs7", r#"{"request_id":7.5}"#),
         ("obs8", r#"{"request":{"request_id":8}}"#),
         ("obs9", "{}"),
+        ("obs10", r#"{"request_id":1e3}"#),
     ];
     let insert = "INSERT INTO objects (kind, key, spec, status, created_at, updated_at) \
                   VALUES ('Ingestion', $1, '{}', $2, 0, 0)";
@@ -374,7 +375,7 @@ async fn statuses_stored_before_the_request_id_column_are_found(backend: Backend
     }
     store.migrate().await.unwrap();
     let found = store
-        .find_by_request_ids(&["Ingestion"], &[5, 6, 7, 8, 9])
+        .find_by_request_ids(&["Ingestion"], &[5, 6, 7, 8, 9, 1000])
         .await
         .unwrap();
     let keys: Vec<&str> = found.iter().map(|r| r.key.as_str()).collect();
