@@ -343,35 +343,20 @@ async fn statuses_stored_before_the_request_id_column_are_found(backend: Backend
     ];
     let insert = "INSERT INTO objects (kind, key, spec, status, created_at, updated_at) \
                   VALUES ('Ingestion', $1, '{}', $2, 0, 0)";
+    // The store up to version 14, then its rows, on either backend's pool.
+    macro_rules! written_before {
+        ($pool:expr, $migrations:literal) => {{
+            let migrator = before(sqlx::migrate!($migrations));
+            migrator.run($pool).await.unwrap();
+            for (key, status) in statuses {
+                let row = sqlx::query(insert).bind(key).bind(status);
+                row.execute($pool).await.unwrap();
+            }
+        }};
+    }
     match store.db() {
-        Db::Sqlite(pool) => {
-            before(sqlx::migrate!("migrations/sqlite"))
-                .run(pool)
-                .await
-                .unwrap();
-            for (key, status) in statuses {
-                sqlx::query(insert)
-                    .bind(key)
-                    .bind(status)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-        }
-        Db::Postgres(pool) => {
-            before(sqlx::migrate!("migrations/postgres"))
-                .run(pool)
-                .await
-                .unwrap();
-            for (key, status) in statuses {
-                sqlx::query(insert)
-                    .bind(key)
-                    .bind(status)
-                    .execute(pool)
-                    .await
-                    .unwrap();
-            }
-        }
+        Db::Sqlite(pool) => written_before!(pool, "migrations/sqlite"),
+        Db::Postgres(pool) => written_before!(pool, "migrations/postgres"),
     }
     store.migrate().await.unwrap();
     let found = store
