@@ -266,7 +266,7 @@ impl Models {
                 status,
                 revision: Some(o.revision),
                 announce,
-                stored_request_id: Some(crate::store::stored_request_id(&o.stored_status)),
+                stored_request_id: Some(crate::store::request_id_in(&o.stored_status)),
             });
         }
         let said = writes.iter().any(|w| !w.announce.is_empty());

@@ -6,7 +6,7 @@
 use super::executions::{InsertExecutions as _, NewExecution, Outcome};
 use super::outbox::{insert_outbox, NewOutboxRow};
 use super::statement::{Param, Statement};
-use super::status::request_id_of;
+use super::status::request_id_in;
 use super::{with_pool, BeginWrite, Result, Store};
 
 /// How one attempt ended, as the store records it.
@@ -206,10 +206,8 @@ fn outcome_statement(r: &OutcomeRecord, now_ms: i64, busy: bool) -> Option<State
     }
     let mut filter = format!("id = {id}");
     if let Some((read, written)) = &r.status {
-        // The request id is kept beside the status (see `request_id_of`).
-        let request_id = serde_json::from_str(written)
-            .ok()
-            .and_then(|status| request_id_of(&status))
+        // The request id is kept beside the status (see `request_id_in`).
+        let request_id = request_id_in(written)
             .map_or_else(|| "NULL".to_string(), |id| st.param(Param::Int(id)));
         let read = st.param(Param::Text(read.into()));
         let written = st.param(Param::Text(written.into()));

@@ -33,8 +33,8 @@ pub struct StatusWrite {
     pub stored_request_id: Option<Option<i64>>,
 }
 
-/// The request id of a stored status text (see [`request_id_of`]), reading only that field.
-pub(crate) fn stored_request_id(text: &str) -> Option<i64> {
+/// The request id of a status text (see [`request_id_of`]), reading only that field.
+pub(crate) fn request_id_in(text: &str) -> Option<i64> {
     #[derive(serde::Deserialize)]
     struct Requested {
         request_id: Option<Value>,
