@@ -301,7 +301,7 @@ async fn a_model_is_found_by_the_request_its_status_records_now(backend: Backend
         requesting(&w, 3).await.is_empty(),
         "the old request is not its own any more"
     );
-    // A batch that keeps the request id leaves the column as it is.
+    // A batch that keeps the request id keeps it findable.
     let mut obj = w.ingestion(3).await;
     obj.status.request.state = Some(RequestState::Complete);
     assert_eq!(models.set_statuses(&[&obj], false).await.unwrap(), 1);

@@ -266,7 +266,6 @@ impl Models {
                 status,
                 revision: Some(o.revision),
                 announce,
-                stored_request_id: Some(crate::store::request_id_in(&o.stored_status)),
             });
         }
         let said = writes.iter().any(|w| !w.announce.is_empty());

@@ -49,7 +49,6 @@ pub use settings::{Backend, DatabaseSettings};
 pub use settle::{synced_message, OutcomeRecord, Settled, Settlement};
 pub use settle_state::SettleRecord;
 pub use source_health::SourceHealth;
-pub(crate) use status::request_id_in;
 pub use status::StatusWrite;
 
 /// Why a store operation failed; callers branch on `NotInitialised` to tell the operator what to run.

@@ -28,9 +28,6 @@ pub struct StatusWrite {
     /// What the change announces: written to the outbox with it, in the same transaction,
     /// or not at all when the status is not written.
     pub announce: Vec<NewOutboxRow>,
-    /// The request id of the status as it was read (`revision`), when known: a batch whose
-    /// writes keep their request ids leaves that column and its index alone.
-    pub stored_request_id: Option<Option<i64>>,
 }
 
 /// The request id of a status text (see [`request_id_of`]), reading only that field.
@@ -60,7 +57,6 @@ impl Store {
             status: status.clone(),
             revision: None,
             announce: Vec::new(),
-            stored_request_id: None,
         };
         Ok(self.set_statuses(kind, &[write], now, false).await? > 0)
     }
@@ -81,16 +77,13 @@ impl Store {
         let mut statuses = Vec::with_capacity(items.len());
         let mut revisions = Vec::with_capacity(items.len());
         let mut request_ids = Vec::with_capacity(items.len());
-        let mut new_request_id = false;
         let mut announce: HashMap<&str, &[NewOutboxRow]> = HashMap::new();
         for w in items.iter().rev() {
             if seen.insert(w.key.as_str()) {
                 keys.push(w.key.as_str());
                 statuses.push(canonical(&w.status));
                 revisions.push(w.revision);
-                let request_id = request_id_of(&w.status);
-                new_request_id |= w.stored_request_id != Some(request_id);
-                request_ids.push(request_id);
+                request_ids.push(request_id_of(&w.status));
                 if !w.announce.is_empty() {
                     announce.insert(w.key.as_str(), &w.announce);
                 }
@@ -101,15 +94,8 @@ impl Store {
         }
         let resyncs = "$4 AND (enacted < generation OR deleted_at IS NOT NULL) \
                    AND backend_code <> 2 AND (next_attempt_at IS NULL OR next_attempt_at > $2)";
-        // Only a batch that changes a request id writes that column: SQLite and PostgreSQL
-        // keep an index up to date for every column a statement sets.
-        let request_id = if new_request_id {
-            "request_id = j.request_id, "
-        } else {
-            ""
-        };
         let set = format!(
-            "status = j.status, {request_id}revision = revision + 1, updated_at = $2, \
+            "status = j.status, request_id = j.request_id, revision = revision + 1, updated_at = $2, \
              next_attempt_at = CASE WHEN {resyncs} THEN $2 ELSE next_attempt_at END, \
              reason = CASE WHEN {resyncs} THEN 'event' ELSE reason END"
         );
